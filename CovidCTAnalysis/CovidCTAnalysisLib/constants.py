@@ -1,0 +1,86 @@
+"""Named constants shared by the core, training and the Slicer module.
+
+Label values, names, colours, terminology, HU bands and class names live here
+and nowhere else, so that a labelmap never travels without its names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- Labels (patient's left/right) -------------------------------------------------
+BACKGROUND = 0
+LEFT_LUNG = 1
+RIGHT_LUNG = 2
+LESION = 3
+
+LABEL_NAMES: dict[int, str] = {
+    LEFT_LUNG: "Left lung",
+    RIGHT_LUNG: "Right lung",
+    LESION: "Lesion",
+}
+
+
+@dataclass(frozen=True)
+class SegmentTerminology:
+    """DICOM coded concepts (SNOMED CT) for one segment.
+
+    Used by the ``.seg.nrrd`` writer (Slicer terminology string) and the DICOM
+    SEG writer, so both describe a segment the same way.
+    """
+
+    category: tuple[str, str, str]  # (code value, scheme, meaning)
+    type: tuple[str, str, str]
+    anatomic_region: tuple[str, str, str] | None = None
+    color_rgb: tuple[int, int, int] = (128, 128, 128)
+
+
+TERMINOLOGY: dict[int, SegmentTerminology] = {
+    LEFT_LUNG: SegmentTerminology(
+        category=("123037004", "SCT", "Anatomical Structure"),
+        type=("44029006", "SCT", "Left lung"),
+        color_rgb=(128, 174, 128),
+    ),
+    RIGHT_LUNG: SegmentTerminology(
+        category=("123037004", "SCT", "Anatomical Structure"),
+        type=("3341006", "SCT", "Right lung"),
+        color_rgb=(241, 214, 145),
+    ),
+    LESION: SegmentTerminology(
+        # Ground-glass opacity and consolidation are both "lesion" here.
+        category=("49755003", "SCT", "Morphologically Altered Structure"),
+        type=("52988006", "SCT", "Lesion"),
+        anatomic_region=("39607008", "SCT", "Lung"),
+        color_rgb=(216, 101, 79),
+    ),
+}
+
+# --- Classes -------------------------------------------------------------------------
+CLASS_NAMES: tuple[str, str, str] = ("Normal", "Pneumonia", "COVID-19")
+COVID_CLASS = "COVID-19"
+
+# --- Hounsfield units ----------------------------------------------------------------
+# Every HU band used by the threshold method and the phantoms is stated here, once.
+AIR_HU = -1000.0
+BODY_THRESHOLD_HU = -500.0  # soft tissue and bone above, air and lung below
+LUNG_BAND_HU = (-1024.0, -500.0)  # aerated lung parenchyma (and airways)
+GGO_BAND_HU = (-750.0, -300.0)  # ground-glass opacity
+CONSOLIDATION_BAND_HU = (-300.0, 100.0)  # consolidation
+VESSEL_MIN_HU = -100.0  # in-lung voxels denser than this are vessel candidates
+
+# Windows as (level, width) used to build classifier inputs: lung, mediastinum, GGO.
+DEFAULT_CLASSIFIER_WINDOWS: tuple[tuple[float, float], ...] = (
+    (-600.0, 1500.0),
+    (40.0, 400.0),
+    (-500.0, 700.0),
+)
+# HU clip range scaled to [0, 1] for the segmenter.
+DEFAULT_SEGMENTER_HU_RANGE = (-1024.0, 400.0)
+
+# --- Input sanity limits ---------------------------------------------------------------
+MIN_SPACING_MM = 0.1
+MAX_SPACING_MM = 20.0
+# A pair of adult lungs spans at least ~ 120 mm left-right and ~ 60 mm cranio-caudal
+# even in a cropped scan; anything smaller cannot hold lungs.
+MIN_EXTENT_MM = (120.0, 80.0, 40.0)  # (x, y, z)
+PLAUSIBLE_HU_RANGE = (-3100.0, 32767.0)

@@ -1,0 +1,27 @@
+"""Shared pytest fixtures. Area-specific fixtures live in the area's own test files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("COVIDCT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real, public CTs); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real-data test: {SHARED_DATA} is absent (set COVIDCT_SHARED_DATA to its location)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    """The CI machine has 2 cores; keep torch from oversubscribing them."""
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
