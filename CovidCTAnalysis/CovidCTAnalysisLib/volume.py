@@ -29,6 +29,12 @@ class DicomSource:
     sop_class_uid: str
     sop_instance_uids: tuple[str, ...]
     instance_files: tuple[Path, ...]
+    # Added by the DICOM reader (optional, so older constructions keep working):
+    modality: str = "CT"
+    # ImagePositionPatient per instance (LPS mm), ordered like the z index.
+    image_positions: tuple[tuple[float, float, float], ...] = ()
+    # ImageOrientationPatient (row cosines, column cosines) shared by all instances.
+    image_orientation: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
