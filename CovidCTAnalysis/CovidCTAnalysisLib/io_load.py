@@ -1,0 +1,154 @@
+"""``load_ct``: read a CT from NIfTI, NRRD, MHA/MHD or a DICOM series folder and check it.
+
+Files are read with SimpleITK (LPS geometry kept); folders go to
+``dicom_series.load_dicom_series`` (series choice, sorting, Modality check).
+Every loaded image then passes ``input_checks.check_ct_image``; anything that
+cannot be analysed raises :class:`InputError` naming the value and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .errors import InputError
+from .input_checks import check_ct_image
+from .volume import CTVolume
+
+# suffix (lower case) -> format name recorded in CTVolume.source_format
+FORMATS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "mha",
+    ".mhd": "mha",
+}
+
+
+def file_format(path: Path) -> str | None:
+    """Format name for a file path by its suffix, or None when unsupported."""
+    name = path.name.lower()
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes a complete NIfTI-1/2 file holds (vox_offset + data), or None if the header is not NIfTI."""
+    for endian in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
+        else:
+            continue
+        n = 1
+        for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+            n *= max(int(d), 1)
+        return int(vox_offset) + n * max(int(bitpix), 0) // 8
+    return None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK zero-fills truncated NIfTI files silently, so compare the data length with the header here."""
+    if path.name.lower().endswith(".gz"):
+        # stream-decompress once, counting bytes; a cut gzip stream never reaches its end marker
+        decomp = zlib.decompressobj(wbits=31)
+        head = b""
+        total = 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    out = decomp.decompress(chunk)
+                    if len(head) < 540:
+                        head += out[:540 - len(head)]
+                    total += len(out)
+                    if decomp.eof:
+                        break
+        except zlib.error as e:
+            raise InputError(f"input image {path} is a corrupt gzip stream ({e}); expected a complete .nii.gz") from e
+        complete = decomp.eof
+    else:
+        with open(path, "rb") as f:
+            head = f.read(540)
+        total = path.stat().st_size
+        complete = True
+    expected = _nifti_expected_bytes(head)
+    if expected is None:
+        raise InputError(f"input image {path} does not start with a NIfTI-1/2 header; expected a NIfTI image")
+    if not complete or total < expected:
+        raise InputError(f"input image {path} is truncated: it holds {total} bytes of image data"
+                         f"{' and its gzip stream ends early' if not complete else ''}, the header requires "
+                         f"{expected}; expected a complete NIfTI file (re-export or re-download it)")
+
+
+def read_image_file(path: Path, what: str = "image") -> sitk.Image:
+    """Read one image file with SimpleITK; empty, truncated or corrupt files raise InputError."""
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist; expected a NIfTI/NRRD/MHA file or a DICOM folder")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path} is empty (0 bytes); expected a NIfTI/NRRD/MHA image")
+    if file_format(path) == "nifti":
+        _check_nifti_complete(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if ln.strip() and "sitk::ERROR" in ln), first[-1] if first else "")
+        raise InputError(f"{what} {path} ({path.stat().st_size} bytes) could not be read: it is truncated or "
+                         f"corrupt ({detail[:200]}); expected a complete NIfTI/NRRD/MHA image") from e
+    return image
+
+
+def _as_analysis_type(image: sitk.Image) -> sitk.Image:
+    """Keep integer HU as they are; store floating point as float32 (half the memory of float64)."""
+    if image.GetPixelID() == sitk.sitkFloat64:
+        return sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
+    """Load and check a CT volume.
+
+    ``path`` is a ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file or a
+    DICOM series folder; ``series_uid`` picks one series in a folder holding several.
+    Raises :class:`InputError` for 2-D images, non-CT DICOM, empty/truncated files,
+    constant volumes, NaN, absurd spacing and volumes too small to hold lungs.
+
+    >>> vol = load_ct("chest.nii.gz")          # doctest: +SKIP
+    >>> vol.image.GetSize(), vol.source_format  # doctest: +SKIP
+    ((512, 512, 300), 'nifti')
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        from .dicom_series import load_dicom_series
+
+        volume = load_dicom_series(path, series_uid)
+        image = _as_analysis_type(volume.image)
+        if image is not volume.image:
+            volume = CTVolume(image=image, path=volume.path, source_format=volume.source_format,
+                              dicom=volume.dicom, notes=volume.notes)
+        check_ct_image(volume.image, where=f"DICOM series in {path}")
+        return volume
+    if series_uid is not None:
+        raise InputError(f"--series-uid {series_uid} was given but {path} is a file, not a DICOM folder; "
+                         "expected a folder of DICOM files (or drop --series-uid)")
+    fmt = file_format(path)
+    if path.exists() and fmt is None:
+        if path.suffix.lower() in (".dcm", ".ima", ""):
+            raise InputError(f"{path} looks like a single DICOM file; pass the folder holding the whole series")
+        raise InputError(f"{path} has an unsupported file type {path.suffix!r}; expected one of "
+                         f"{sorted(FORMATS)} or a DICOM series folder")
+    image = _as_analysis_type(read_image_file(path, "input image"))
+    check_ct_image(image, where=str(path))
+    return CTVolume(image=image, path=path.resolve(), source_format=fmt or "unknown")
