@@ -13,6 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
@@ -39,15 +40,18 @@ def file_format(path: Path) -> str | None:
     return None
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Bytes a complete NIfTI-1/2 file holds (vox_offset + data), or None if the header is not NIfTI."""
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32/float64
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(vox_offset, data bytes, float dtype or None) of a NIfTI-1/2 header, or None if it is not NIfTI."""
     for endian in ("<", ">"):
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             vox_offset = struct.unpack(endian + "f", header[108:112])[0]
         elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
         else:
@@ -55,41 +59,82 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
         n = 1
         for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
             n *= max(int(d), 1)
-        return int(vox_offset) + n * max(int(bitpix), 0) // 8
+        ftype = _NIFTI_FLOAT_TYPES.get(int(datatype))
+        dtype = np.dtype(endian + ftype) if ftype else None
+        return int(vox_offset), n * max(int(bitpix), 0) // 8, dtype
     return None
 
 
+class _NonFiniteCounter:
+    """Counts NaN/inf in a stream of float bytes (chunks need not align with values)."""
+
+    def __init__(self, dtype: np.dtype | None, skip: int) -> None:
+        self.dtype, self.skip, self.rest, self.count = dtype, skip, b"", 0
+
+    def feed(self, data: bytes) -> None:
+        if self.dtype is None:
+            return
+        if self.skip:
+            cut = min(self.skip, len(data))
+            data, self.skip = data[cut:], self.skip - cut
+        data = self.rest + data
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self.rest = data[usable:]
+        if usable:
+            self.count += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype=self.dtype))))
+
+
 def _check_nifti_complete(path: Path) -> None:
-    """ITK zero-fills truncated NIfTI files silently, so compare the data length with the header here."""
-    if path.name.lower().endswith(".gz"):
-        # stream-decompress once, counting bytes; a cut gzip stream never reaches its end marker
-        decomp = zlib.decompressobj(wbits=31)
-        head = b""
-        total = 0
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    out = decomp.decompress(chunk)
-                    if len(head) < 540:
-                        head += out[:540 - len(head)]
-                    total += len(out)
-                    if decomp.eof:
-                        break
-        except zlib.error as e:
-            raise InputError(f"input image {path} is a corrupt gzip stream ({e}); expected a complete .nii.gz") from e
-        complete = decomp.eof
-    else:
+    """Check what ITK does not: truncation (ITK zero-fills it) and NaN/inf (ITK's NIfTI reader sets them to 0).
+
+    One streaming pass over the (decompressed) data; the header gives the length and type.
+    """
+    gz = path.name.lower().endswith(".gz")
+    decomp = zlib.decompressobj(wbits=31) if gz else None
+    head = b""
+    total = 0
+    counter: _NonFiniteCounter | None = None
+    try:
         with open(path, "rb") as f:
-            head = f.read(540)
-        total = path.stat().st_size
-        complete = True
-    expected = _nifti_expected_bytes(head)
-    if expected is None:
-        raise InputError(f"input image {path} does not start with a NIfTI-1/2 header; expected a NIfTI image")
+            while chunk := f.read(1 << 22):
+                out = decomp.decompress(chunk) if decomp else chunk
+                if counter is None:
+                    head += out
+                    if len(head) < 540 and not (decomp and decomp.eof):
+                        total += len(out)
+                        continue
+                    layout = _nifti_layout(head)
+                    if layout is None:
+                        raise InputError(f"input image {path} does not start with a NIfTI-1/2 header; expected a "
+                                         "NIfTI image")
+                    vox_offset, n_bytes, dtype = layout
+                    counter = _NonFiniteCounter(dtype, vox_offset)
+                    total += len(out)
+                    counter.feed(head)
+                    head = b""
+                else:
+                    total += len(out)
+                    counter.feed(out)
+                if decomp and decomp.eof:
+                    break
+    except zlib.error as e:
+        raise InputError(f"input image {path} is a corrupt gzip stream ({e}); expected a complete .nii.gz") from e
+    if counter is None:
+        layout = _nifti_layout(head)
+        if layout is None:
+            raise InputError(f"input image {path} does not start with a NIfTI-1/2 header; expected a NIfTI image")
+        vox_offset, n_bytes, dtype = layout
+        counter = _NonFiniteCounter(dtype, vox_offset)
+        counter.feed(head)
+    complete = decomp.eof if decomp else True
+    expected = vox_offset + n_bytes
     if not complete or total < expected:
-        raise InputError(f"input image {path} is truncated: it holds {total} bytes of image data"
+        raise InputError(f"input image {path} is truncated: it holds {total} bytes"
                          f"{' and its gzip stream ends early' if not complete else ''}, the header requires "
                          f"{expected}; expected a complete NIfTI file (re-export or re-download it)")
+    if counter.count:
+        raise InputError(f"image {path} holds {counter.count} NaN/infinite voxel value(s); expected finite HU "
+                         "everywhere")
 
 
 def read_image_file(path: Path, what: str = "image") -> sitk.Image:
