@@ -1,0 +1,49 @@
+"""Which of the module's Python requirements are missing, read from ``Resources/requirements.txt``.
+
+Nothing is installed here: the Widget asks the user first and then calls
+``slicer.util.pip_install`` with the pinned lines this returns. torch is not in
+the file; it comes from Slicer's PyTorch extension. Version ranges are checked
+with ``packaging`` (shipped with Slicer's Python, as pip needs it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+
+def readRequirements(path: str | Path) -> list[str]:
+    """The requirement lines of a requirements file (comments and blank lines dropped)."""
+    lines = []
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def parseRequirement(line: str) -> Requirement:
+    """A ``packaging`` Requirement; ``ValueError`` naming the line when it is not a valid specifier."""
+    try:
+        return Requirement(line)
+    except InvalidRequirement as e:
+        raise ValueError(f"requirement {line!r} is not a valid pip requirement ({e})") from e
+
+
+def isSatisfied(line: str) -> bool:
+    """True when the distribution is installed in a version inside the line's range."""
+    requirement = parseRequirement(line)
+    if requirement.marker is not None and not requirement.marker.evaluate():
+        return True  # not needed on this platform
+    try:
+        installed = importlib.metadata.version(requirement.name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return requirement.specifier.contains(installed, prereleases=True)
+
+
+def missingRequirements(path: str | Path) -> list[str]:
+    """The requirement lines of ``path`` that are not installed in a satisfying version."""
+    return [line for line in readRequirements(path) if not isSatisfied(line)]
