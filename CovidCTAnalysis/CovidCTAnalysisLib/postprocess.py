@@ -1,0 +1,153 @@
+"""Clean-up of a network's labelmap (1 = left lung, 2 = right lung, 3 = lesion).
+
+In this order:
+
+1. **Stray pieces.** Connected pieces of the lung region (labels 1-3 together) smaller
+   than ``min_fraction`` of the largest piece are removed (specks in the bowel, the
+   table, the airway). Lungs joined at the anterior junction stay one piece.
+2. **Left/right.** The centroids of labels 1 and 2 are compared in patient (LPS)
+   coordinates: LPS +x is the patient's left, so label 1 must lie at larger x. If it
+   does not, 1 and 2 are swapped and a note says so.
+3. **Largest lung components.** Per lung label, pieces smaller than ``min_fraction`` of
+   that label's largest piece that touch the other lung take the other lung's label
+   (mislabelled islands); others stay (lung cut off by a lesion is still lung).
+4. **Lesions in the lungs.** Lesion voxels farther than ``lesion_margin_mm`` from the
+   lungs (labels 1 and 2) are removed: a lesion borders aerated lung, while dense
+   voxels far outside it are chest wall, heart or bowel.
+
+The work happens in the bounding box of the labels (plus the margin), so the cost
+follows the lungs, not the field of view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from .constants import LEFT_LUNG, LESION, RIGHT_LUNG
+
+MIN_FRACTION = 0.1
+LESION_MARGIN_MM = 10.0
+
+
+def _bbox(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, slice, slice] | None:
+    if not mask.any():
+        return None
+    out = []
+    for axis in range(3):
+        nz = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        out.append(slice(max(0, nz[0] - pad[axis]), min(mask.shape[axis], nz[-1] + 1 + pad[axis])))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _physical_x_of_centroid(mask: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> float:
+    """LPS x (mm) of the centroid of ``mask`` (a (z, y, x) box starting at ``offset`` of ``image``)."""
+    total = float(mask.sum())
+    idx_zyx = []
+    for axis in range(3):  # projections instead of np.nonzero: no index arrays of millions of voxels
+        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+        idx_zyx.append(float((np.arange(profile.size) * profile).sum()) / total + offset[axis])
+    point = image.TransformContinuousIndexToPhysicalPoint(tuple(idx_zyx[::-1]))
+    return float(point[0])
+
+
+def _drop_small_pieces(region: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
+    """Mask of the pieces of ``region`` at least ``min_fraction`` of the largest; and how many were dropped."""
+    lab, n = ndi.label(region)
+    if n <= 1:
+        return region, 0
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max()
+    keep[0] = False
+    return keep[lab], int(n - keep.sum())
+
+
+def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
+    """Step 3 in place; returns how many islands changed label."""
+    changed = 0
+    for value, other in ((LEFT_LUNG, RIGHT_LUNG), (RIGHT_LUNG, LEFT_LUNG)):
+        lab, n = ndi.label(sub == value)
+        if n <= 1:
+            continue
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        small = np.nonzero(sizes < min_fraction * sizes.max())[0]
+        small = small[small > 0]
+        if small.size == 0:
+            continue
+        near_other = ndi.binary_dilation(sub == other)
+        touching = small[np.asarray(ndi.maximum(near_other, lab, small)) > 0]
+        if touching.size:
+            table = np.zeros(n + 1, dtype=bool)
+            table[touching] = True
+            sub[table[lab]] = other
+            changed += int(touching.size)
+    return changed
+
+
+def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
+                           lesion_margin_mm: float = LESION_MARGIN_MM,
+                           restrict_lesions: bool = True) -> tuple[sitk.Image, list[str]]:
+    """``postprocess_labelmap`` that also returns what it changed, one sentence per change."""
+    arr = sitk.GetArrayFromImage(labels).astype(np.uint8, copy=False)
+    values = np.unique(arr)
+    if not set(values.tolist()) <= {0, LEFT_LUNG, RIGHT_LUNG, LESION}:
+        raise ValueError(f"labelmap holds values {values.tolist()}; expected only 0, 1, 2, 3")
+    notes: list[str] = []
+    spacing_zyx = labels.GetSpacing()[::-1]
+    pad = tuple(int(np.ceil(lesion_margin_mm / s)) + 1 for s in spacing_zyx)
+    box = _bbox(arr > 0, pad)
+    if box is None:
+        return _wrap(arr, labels), notes
+    sub = arr[box]  # a view: edits land in arr
+    offset = tuple(s.start for s in box)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+
+    keep, dropped = _drop_small_pieces(sub > 0, min_fraction)
+    if dropped:
+        removed = int(((sub > 0) & ~keep).sum())
+        sub[~keep] = 0
+        notes.append(f"removed {dropped} stray piece(s) of {removed * voxel_ml:.1f} mL outside the main lung region")
+
+    if (sub == LEFT_LUNG).any() and (sub == RIGHT_LUNG).any():
+        x_left = _physical_x_of_centroid(sub == LEFT_LUNG, labels, offset)
+        x_right = _physical_x_of_centroid(sub == RIGHT_LUNG, labels, offset)
+        if x_left < x_right:  # LPS +x is the patient's left: label 1 must lie at larger x
+            left = sub == LEFT_LUNG
+            sub[sub == RIGHT_LUNG] = LEFT_LUNG
+            sub[left] = RIGHT_LUNG
+            notes.append(f"left/right lung labels were reversed (label 1 centroid at LPS x {x_left:.0f} mm, label 2 "
+                         f"at {x_right:.0f} mm; the patient's left is +x) and have been swapped")
+
+    changed = _relabel_islands(sub, min_fraction)
+    if changed:
+        notes.append(f"{changed} small island(s) labelled as one lung inside the other lung were relabelled")
+
+    lungs = (sub == LEFT_LUNG) | (sub == RIGHT_LUNG)
+    if restrict_lesions and (sub == LESION).any():
+        if lungs.any():
+            far = ndi.distance_transform_edt(~lungs, sampling=spacing_zyx) > lesion_margin_mm
+            outside = (sub == LESION) & far
+            del far
+        else:
+            outside = sub == LESION
+        if outside.any():
+            sub[outside] = 0
+            notes.append(f"removed {outside.sum() * voxel_ml:.1f} mL of lesion farther than {lesion_margin_mm:g} mm "
+                         "from the lungs")
+    return _wrap(arr, labels), notes
+
+
+def postprocess_labelmap(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
+                         lesion_margin_mm: float = LESION_MARGIN_MM, restrict_lesions: bool = True) -> sitk.Image:
+    """Clean a uint8 1/2/3 labelmap (module doc): stray pieces, left/right by patient coordinates,
+    mislabelled islands, lesions outside the dilated lungs. Same grid as the input."""
+    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions)[0]
+
+
+def _wrap(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(arr.astype(np.uint8, copy=False))
+    out.CopyInformation(reference)
+    return out

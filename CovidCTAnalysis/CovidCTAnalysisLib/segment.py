@@ -1,0 +1,131 @@
+"""Left lung, right lung and lesions with the MONAI 3D U-Net.
+
+1. Crop the lung box (from the HU-threshold lungs) plus ``margin_mm``.
+2. ``transforms.segmenter_preprocess``: resample to the model's spacing on an
+   axis-aligned LPS grid, clip and scale HU (the function training uses).
+3. ``monai.inferers.sliding_window_inference`` with the model's ROI and overlap
+   (Gaussian blending); CUDA with float16 autocast when the device is CUDA, float32
+   on the CPU.
+4. Map back to the input grid: each class probability is resampled (linear) onto
+   the crop one at a time while a running argmax is kept, so at most one
+   full-resolution probability map exists at once.
+5. ``postprocess`` (largest components, left/right by patient coordinates, lesions
+   inside the dilated lungs), then paste the crop into a labelmap of the input grid.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .constants import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
+from .errors import InputError, ModelError
+from .model_folder import LoadedModel, segmentation_channel_labels
+from .postprocess import postprocess_with_notes
+from .progress import Progress
+from .transforms import roi_size_zyx, segmenter_preprocess, segmenter_settings
+from .volume import CTVolume, labelmap_like
+
+
+def lung_box_with_margin(image: sitk.Image, lung_box, margin_mm: float) -> tuple[int, int, int, int, int, int]:
+    """(x0, y0, z0, x1, y1, z1) inclusive-exclusive index box grown by ``margin_mm``, clipped to the image.
+
+    ``lung_box`` is a ``LungExtent`` (its ``bbox_index``), a 6-tuple in the same form, or
+    None for the whole image.
+    """
+    size = image.GetSize()
+    if lung_box is None:
+        return (0, 0, 0, *size)
+    box = getattr(lung_box, "bbox_index", lung_box)
+    if len(box) != 6:
+        raise ValueError(f"lung box {box!r}; expected (x0, y0, z0, x1, y1, z1)")
+    lo, hi = [int(v) for v in box[:3]], [int(v) for v in box[3:]]
+    if any(a >= b for a, b in zip(lo, hi, strict=True)) or any(a < 0 for a in lo) or any(
+            b > s for b, s in zip(hi, size, strict=True)):
+        raise InputError(f"lung box {tuple(box)} is empty or outside the image of size {size}")
+    grow = [int(np.ceil(margin_mm / s)) for s in image.GetSpacing()]
+    lo = [max(0, a - g) for a, g in zip(lo, grow, strict=True)]
+    hi = [min(s, b + g) for b, g, s in zip(hi, grow, size, strict=True)]
+    return (*lo, *hi)  # type: ignore[return-value]
+
+
+def _predict(x: torch.Tensor, model: LoadedModel, preprocessing: dict, device: torch.device) -> torch.Tensor:
+    """Softmax (C, z, y, x) on the model grid by sliding-window inference."""
+    from monai.inferers import sliding_window_inference
+
+    p = segmenter_settings(preprocessing)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    model.module.eval()
+    with torch.inference_mode(), autocast:
+        logits = sliding_window_inference(
+            x.to(device), roi_size=roi_size_zyx(p), sw_batch_size=int(p["sw_batch_size"]), predictor=model.module,
+            overlap=float(p["sw_overlap"]), mode="gaussian")
+    return torch.softmax(logits.float(), dim=1)[0].cpu()
+
+
+def probabilities_to_labels(probs: np.ndarray, grid: sitk.Image, target: sitk.Image,
+                            channel_labels: dict[int, int]) -> np.ndarray:
+    """(C, z, y, x) probabilities on ``grid`` → (z, y, x) uint8 labels on ``target``'s grid.
+
+    Linear resampling of one class at a time with a running argmax; outside ``grid`` is background.
+    """
+    shape = target.GetSize()[::-1]
+    best = np.full(shape, -1.0, dtype=np.float32)
+    arg = np.zeros(shape, dtype=np.uint8)
+    for c in range(probs.shape[0]):
+        src = sitk.GetImageFromArray(np.ascontiguousarray(probs[c], dtype=np.float32))
+        src.CopyInformation(grid)
+        outside = 1.0 if channel_labels[c] == BACKGROUND else 0.0
+        res = sitk.Resample(src, target, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
+        p = sitk.GetArrayViewFromImage(res)
+        better = p > best
+        best[better] = p[better]
+        arg[better] = c
+        del res, p, better
+    lut = np.zeros(max(channel_labels) + 1, dtype=np.uint8)
+    for c, value in channel_labels.items():
+        lut[c] = value
+    return lut[arg]
+
+
+def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device: torch.device | str,
+            progress: Progress | None = None) -> sitk.Image:
+    """uint8 labelmap (1 left lung, 2 right lung, 3 lesion) on ``volume``'s grid, post-processed.
+
+    ``lung_box``: ``LungExtent`` / (x0, y0, z0, x1, y1, z1) / None (see ``lung_box_with_margin``).
+    Notes from post-processing (e.g. a left/right swap) go to ``progress.log``.
+    """
+    progress = progress or Progress()
+    image = volume.image if isinstance(volume, CTVolume) else volume
+    meta = model.metadata
+    if meta.task != "segmentation":
+        raise ModelError(f"model {meta.id} is a {meta.task} model; segment needs a segmentation model")
+    p = segmenter_settings(meta.preprocessing)
+    channel_labels = segmentation_channel_labels(meta)
+    device = torch.device(device)
+
+    x0, y0, z0, x1, y1, z1 = lung_box_with_margin(image, lung_box, float(p["margin_mm"]))
+    crop = image[x0:x1, y0:y1, z0:z1]  # keeps physical geometry
+    progress.step("segment", 0.05, f"Resampling the lung box to {p['spacing_mm']} mm")
+    prep = segmenter_preprocess(crop, p)
+    n_vox = prep.image.size
+    progress.step("segment", 0.15, f"Sliding-window inference on {prep.image.shape[::-1]} voxels ({device.type})")
+    probs = _predict(torch.from_numpy(prep.image)[None, None], model, p, device).numpy()
+    progress.step("segment", 0.75, "Mapping labels back to the image grid")
+    crop_ref = sitk.Image(crop.GetSize(), sitk.sitkUInt8)
+    crop_ref.CopyInformation(crop)
+    del crop
+    labels = probabilities_to_labels(probs, prep.grid, crop_ref, channel_labels)
+    del probs, prep
+    progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in lungs)")
+    has_lungs = LEFT_LUNG in channel_labels.values() or RIGHT_LUNG in channel_labels.values()
+    cleaned, notes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs)
+    for note in notes:
+        progress.log(f"segmentation post-processing: {note}")
+    full = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
+    full[z0:z1, y0:y1, x0:x1] = sitk.GetArrayViewFromImage(cleaned)
+    progress.step("segment", 1.0, f"Segmented ({n_vox} model voxels)")
+    return labelmap_like(full, image)
