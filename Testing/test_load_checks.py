@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from CovidCTAnalysisLib.errors import InputError
 from CovidCTAnalysisLib.io_load import load_ct
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
 from CovidCTAnalysisLib.statistics import (
