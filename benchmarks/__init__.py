@@ -1,0 +1,1 @@
+"""Timing and memory benchmarks (``make bench`` = ``python -m benchmarks.run_all``); not part of the tests."""
