@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import slicer
-import slicerio
 import vtk
 from CovidCTAnalysisLib import constants
 from vtk.util import numpy_support
@@ -35,6 +34,8 @@ REFERENCE_NAME_ALIASES: dict[int, tuple[str, ...]] = {
 
 def segNrrdSegmentNames(path: str | Path) -> list[str]:
     """Segment names in a ``.seg.nrrd`` header (voxels are not read)."""
+    import slicerio  # installed on first Analyze (not bundled with Slicer), so imported only when used
+
     segmentation = slicerio.read_segmentation(str(path), skip_voxels=True)
     return [segment.get("name", segment.get("id", "")) for segment in segmentation.get("segments", [])]
 

@@ -1,0 +1,50 @@
+"""Choices shown in the panel: installed models (demo ones labelled), device and segment policy.
+
+The panel's labels map to the CLI's values here, in one place. Listing models
+needs the core's registry, which imports torch; before the first Analyze has
+installed the dependencies that import can fail, and the panel then says so
+instead of failing to load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Panel label -> covidct analyze value.
+DEVICE_CHOICES: dict[str, str] = {"auto": "auto", "CPU": "cpu", "GPU (CUDA)": "cuda"}
+SEGMENT_CHOICES: dict[str, str] = {"if COVID-19": "auto", "always": "always"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of a model combo box: the text shown and the ``ID@VERSION`` passed to the CLI."""
+
+    label: str
+    spec: str
+    demo: bool
+    default: bool = False
+
+
+def listModelChoices(task: str, modelsDir: str = "") -> tuple[list[ModelChoice], str]:
+    """Installed models of ``task`` ("classification"/"segmentation") and a message when there are none.
+
+    The model the CLI would pick without ``--classifier``/``--segmenter`` is marked
+    ``default`` and listed first, so that the panel shows which one runs.
+    """
+    try:
+        from CovidCTAnalysisLib.model_registry import ModelRegistry
+    except ImportError as e:
+        return [], f"Models cannot be listed yet ({e.name or e} is not installed); press Analyze to install the requirements."
+    registry = ModelRegistry(modelsDir or None)
+    models = [m for m in registry.list() if m.task == task]
+    if not models:
+        return [], f"No {task} model is installed in {registry.root}. Run `make demo` or `covidct models install PATH`."
+    try:
+        chosen = registry.resolve(task)
+        defaultSpec = f"{chosen.id}@{chosen.version}"
+    except Exception:  # noqa: BLE001 - a broken registry still lists what it can
+        defaultSpec = ""
+    choices = [ModelChoice(label=m.label_line(), spec=f"{m.id}@{m.version}", demo=m.demo,
+                           default=f"{m.id}@{m.version}" == defaultSpec) for m in models]
+    choices.sort(key=lambda c: not c.default)
+    return choices, ""
