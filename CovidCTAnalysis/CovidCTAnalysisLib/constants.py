@@ -67,6 +67,9 @@ LUNG_BAND_HU = (-1024.0, -500.0)  # aerated lung parenchyma (and airways)
 GGO_BAND_HU = (-750.0, -300.0)  # ground-glass opacity
 CONSOLIDATION_BAND_HU = (-300.0, 100.0)  # consolidation
 VESSEL_MIN_HU = -100.0  # in-lung voxels denser than this are vessel candidates
+# Dependent density and partial volume at the lung edge: accepted as lung only
+# next to aerated lung (threshold method), never as a seed of its own.
+DENSE_LUNG_MAX_HU = -300.0
 
 # Windows as (level, width) used to build classifier inputs: lung, mediastinum, GGO.
 DEFAULT_CLASSIFIER_WINDOWS: tuple[tuple[float, float], ...] = (

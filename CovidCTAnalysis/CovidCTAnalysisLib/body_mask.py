@@ -1,0 +1,62 @@
+"""Body outline and the air enclosed by it, on the aligned working grid.
+
+Arrays are (z, y, x) on the grid of ``threshold_grid`` (z = superior, so an
+axial slice is ``array[z]``). Outside air is every air region that reaches the
+border of its axial slice; in an axial slice the lungs are always enclosed by
+the chest wall, so air that is not outside is inside the body (lungs, airways,
+bowel gas).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .constants import BODY_THRESHOLD_HU
+
+# In-plane (4-)connectivity only: every axial slice is labelled on its own.
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of ``mask`` (all False if empty)."""
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice in the axial plane (``array[z]``).
+
+    Labels the background with in-plane connectivity and keeps as background
+    only regions that touch the slice border; faster than iterative filling.
+    """
+    labels, n = ndi.label(~mask, structure=_IN_PLANE)
+    if n == 0:
+        return mask.copy()
+    border = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[np.unique(edge)] = True
+    border[0] = False  # label 0 is the mask itself, which stays
+    return ~border[labels]
+
+
+def body_and_inside_air(
+    hu: np.ndarray, outside_fov: np.ndarray, air_max_hu: float = BODY_THRESHOLD_HU
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (body, inside_air) masks.
+
+    ``body`` is the largest connected region denser than ``BODY_THRESHOLD_HU``
+    (so the table, separate clothing and noise are dropped) with its axial holes
+    filled. ``inside_air`` is the part of ``body`` below ``air_max_hu``: lungs,
+    airways and bowel gas, but no air from outside the patient.
+    """
+    dense = (hu > BODY_THRESHOLD_HU) & ~outside_fov
+    tissue = largest_component(dense)
+    body = fill_holes_axial(tissue)
+    inside_air = body & (hu < air_max_hu) & ~outside_fov
+    return body, inside_air
