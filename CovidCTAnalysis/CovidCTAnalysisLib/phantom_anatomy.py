@@ -1,0 +1,256 @@
+"""Normal chest anatomy of the synthetic phantoms, in normalized patient mm.
+
+Coordinates: x towards the patient's left, y towards the back, z towards the
+head (LPS), origin at the chest centre, lengths of an average adult (the
+patient's scale is divided out by the caller). Everything that needs the whole
+volume is written for broadcast coordinate vectors (see ``phantom_canvas``);
+small structures are drawn inside their bounding boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import AIR_HU, LEFT_LUNG, RIGHT_LUNG
+from .phantom_canvas import Canvas, SmoothField, ellipsoid_radius, tube_box, tube_weight
+from .phantom_vessels import airway_segments, paint_airways, paint_vessel_trees
+
+# Tissue HU (non-contrast CT). Adult values; see DEVELOPERS.md "Synthetic chest phantoms".
+FAT_HU = -95.0
+MUSCLE_HU = 45.0
+BLOOD_HU = 40.0
+LIVER_HU = 58.0
+SPLEEN_HU = 45.0
+CSF_HU = 12.0
+CARTILAGE_HU = 120.0
+CANCELLOUS_HU = 240.0
+CORTICAL_HU = 800.0
+DISC_HU = 85.0
+LUNG_HU = -870.0  # parenchyma without vessels; the vessels bring the lung mean to about -840
+TABLE_HU = 300.0
+FOAM_HU = -850.0
+
+MEDIASTINUM_X = 5.0  # the mediastinum sits slightly left of the midline
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Seeded variations of one adult chest (normalized mm)."""
+
+    dome_right: float  # z of the right diaphragm dome (the liver pushes it up)
+    dome_left: float
+    lung_half_width: tuple[float, float]  # (left, right) lung half widths
+    apex: float  # z of the lung apices
+    heart_centre: tuple[float, float, float]
+    heart_radii: tuple[float, float, float]
+    heart_rotation: np.ndarray  # columns: heart axes in LPS
+    body_axes: tuple[float, float]  # half width (x) and half depth (y) of the body outline
+    fat_mm: float
+    rib_pitch: float
+    rib_top: float
+
+    @staticmethod
+    def from_rng(rng: np.random.Generator) -> Anatomy:
+        dome_right = float(rng.uniform(-95.0, -75.0))
+        turn = np.deg2rad(rng.uniform(-40.0, -25.0))  # long axis towards left-anterior
+        tilt = np.deg2rad(rng.uniform(15.0, 30.0))  # apex pointing down
+        rz = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0], [0.0, 0.0, 1.0]])
+        ry = np.array([[np.cos(tilt), 0.0, np.sin(tilt)], [0.0, 1.0, 0.0], [-np.sin(tilt), 0.0, np.cos(tilt)]])
+        return Anatomy(
+            dome_right=dome_right,
+            dome_left=dome_right - float(rng.uniform(8.0, 20.0)),
+            lung_half_width=(float(rng.uniform(58.0, 64.0)), float(rng.uniform(66.0, 72.0))),
+            apex=float(rng.uniform(125.0, 140.0)),
+            heart_centre=(float(rng.uniform(18.0, 28.0)), float(rng.uniform(-34.0, -24.0)), float(rng.uniform(-60.0, -48.0))),
+            heart_radii=tuple(float(v) for v in rng.uniform(0.92, 1.08, 3) * (62.0, 47.0, 52.0)),
+            heart_rotation=rz @ ry,
+            body_axes=(float(rng.uniform(160.0, 178.0)), float(rng.uniform(118.0, 130.0))),
+            fat_mm=float(rng.uniform(8.0, 24.0)),
+            rib_pitch=float(rng.uniform(23.0, 26.0)),
+            rib_top=float(rng.uniform(128.0, 138.0)),
+        )
+
+    # --- shapes shared by the renderer, the vessel growth and the lesion placement ----------
+
+    def lung_centre_x(self, label: int) -> float:
+        return 72.0 if label == LEFT_LUNG else -72.0
+
+    @staticmethod
+    def ribcage_axes(z):
+        """Outer half axes of the rib cage at height z (narrow at the apex, wide at the base)."""
+        widen = np.clip(1.0 - 0.0011 * z, 0.80, 1.12)
+        return 150.0 * widen, 104.0 * np.clip(1.0 - 0.0004 * z, 0.9, 1.05)
+
+    def diaphragm(self, label: int, x, y):
+        """z of the diaphragm under each (x, y): domes, lower towards the costophrenic recesses."""
+        cx = self.lung_centre_x(label)
+        width = self.lung_half_width[0 if label == LEFT_LUNG else 1]
+        rr = np.minimum(((x - cx) / (width * 1.1)) ** 2 + ((y - 8.0) / 96.0) ** 2, 1.4)
+        dome = self.dome_left if label == LEFT_LUNG else self.dome_right
+        return dome - 38.0 * rr - 22.0 * np.clip((y - 8.0) / 90.0, 0.0, 1.0)
+
+    def lung_side(self, x, y, z) -> np.ndarray:
+        """0 outside the lungs, 1 (left) or 2 (right) inside; broadcasts over x, y, z."""
+        ax, ay = self.ribcage_axes(z)
+        cav = (x / (ax - 9.0)) ** 2 + ((y - 8.0) / (ay - 9.0)) ** 2 < 1.0
+        # the mediastinum is wide above the heart (great vessels, trachea) and behind it (spine, aorta)
+        half = 13.0 + 15.0 / (1.0 + np.exp(-(z - 10.0) / 10.0))
+        half = np.maximum(half, np.where(y > 42.0, 31.0, 0.0))
+        taper = np.sqrt(np.clip(1.0 - ((np.maximum(z, 40.0) - 40.0) / (self.apex - 40.0)) ** 2, 0.0, 1.0))
+        widen = np.clip(1.0 - 0.0012 * z, 0.85, 1.12)
+        heart = ellipsoid_radius(x, y, z, self.heart_centre, self.heart_radii, self.heart_rotation) < 1.08
+        out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.uint8)
+        for label, sign in ((LEFT_LUNG, 1.0), (RIGHT_LUNG, -1.0)):
+            width = self.lung_half_width[0 if label == LEFT_LUNG else 1]
+            ell = ((x - sign * 72.0) / width) ** 2 / widen**2 + ((y - 8.0) / 97.0) ** 2 < taper**2
+            inside = ell & (sign * (x - MEDIASTINUM_X) > half) & (z > self.diaphragm(label, x, y))
+            out[inside & cav & ~heart] = label
+        return out
+
+
+def render_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator, texture: SmoothField) -> dict:
+    """Draw body, lungs, bones, mediastinum, airways and vessels; return landmarks (normalized mm)."""
+    _render_slabs(canvas, anat, texture)
+    _paint_spine_and_sternum(canvas)
+    _paint_mediastinum(canvas, anat)
+    _paint_abdomen(canvas, anat)
+    airways = airway_segments(anat, rng)
+    paint_airways(canvas, airways)
+    paint_vessel_trees(canvas, anat, rng)
+    return dict(airways.landmarks)
+
+
+def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
+    bx, by = anat.body_axes
+    x, y = canvas.x[None, :], canvas.y[:, None]
+    # z-independent 2-D plane: air, table, foam, fat, muscle
+    shape = (canvas.y.size, canvas.x.size)
+    plane = np.full(shape, AIR_HU, dtype=np.float32)
+    table_top = 5.0 + by + 6.0 + 0.0006 * x**2
+    plane[(y > table_top) & (y < table_top + 8.0) & (np.abs(x) < 230.0)] = TABLE_HU
+    plane[(y > 5.0 + by - 10.0) & (y <= table_top) & (np.abs(x) < 200.0)] = FOAM_HU
+    p = 2.4
+    body = np.abs(x / bx) ** p + np.abs((y - 5.0) / by) ** p < 1.0
+    inner = np.abs(x / (bx - anat.fat_mm)) ** p + np.abs((y - 5.0) / (by - anat.fat_mm * 0.7)) ** p < 1.0
+    plane[body] = FAT_HU
+    plane[inner] = MUSCLE_HU
+    lung_base = (LUNG_HU + 0.35 * (canvas.y - 8.0))[None, :, None]  # denser where dependent (posterior)
+    planes = texture.plane_stack(canvas.x, canvas.y)
+    for sl, xs, ys, zs in canvas.slabs():
+        hu = canvas.hu[sl]
+        hu[:] = plane
+        ax, ay = anat.ribcage_axes(zs)
+        rho = (xs / ax) ** 2 + ((ys - 8.0) / ay) ** 2
+        cavity = rho < ((ax - 9.0) / ax) ** 2
+        cavity &= body
+        hu[cavity] = FAT_HU + 10.0  # mediastinal fat, overdrawn by organs below
+        lungs = anat.lung_side(xs, ys, zs)
+        canvas.label[sl] = lungs
+        in_lung = lungs > 0
+        tex = texture.from_planes(planes, zs.ravel())
+        hu[in_lung] = (lung_base + 18.0 * tex)[in_lung]
+        _paint_ribs(hu, canvas.label[sl], anat, xs, ys, zs, rho, ax, ay)
+
+
+def _paint_ribs(hu, label, anat: Anatomy, x, y, z, rho, ax, ay) -> None:
+    # Each rib runs round the chest wall and drops ~45 mm from the spine to the front.
+    radius_mm = 0.5 * (ax + ay)
+    dr = (np.sqrt(rho) - 1.0) * radius_mm + 5.0  # 0 at the rib's centre line, 5 mm inside the rib cage outline
+    sin_t = (y - 8.0) / np.sqrt(x**2 + (y - 8.0) ** 2 + 1e-6)
+    drop = 45.0 * (1.0 - sin_t) / 2.0
+    u = (anat.rib_top - drop - z) / anat.rib_pitch
+    index = np.round(u)
+    dz = (u - index) * anat.rib_pitch
+    e = (dr / 4.5) ** 2 + (dz / 6.0) ** 2
+    rib = (e < 1.0) & (index >= 0) & (index <= 11) & (np.abs(x) > 24.0)
+    cartilage = rib & (sin_t < -0.75)
+    label[rib] = 0
+    hu[rib] = np.where(e > 0.45, CORTICAL_HU, CANCELLOUS_HU)[rib]
+    hu[cartilage] = CARTILAGE_HU
+
+
+def _paint_spine_and_sternum(canvas: Canvas) -> None:
+    box = canvas.box((-45.0, 48.0, -1e4), (45.0, 132.0, 1e4))
+    if box is not None:
+        sl, x, y, z = box
+        hu, label = canvas.hu[sl], canvas.label[sl]
+        body_r = np.sqrt((x / 21.0) ** 2 + ((y - 70.0) / 17.0) ** 2)
+        disc = np.mod(z, 27.0) < 5.0
+        canal_r = np.sqrt(x**2 + (y - 100.0) ** 2)
+        arch = (canal_r >= 9.0) & (canal_r < 15.0)
+        spinous = (np.abs(x) < 4.0) & (y > 105.0) & (y < 124.0) & ~disc
+        transverse = (np.abs(x) < 38.0) & (np.abs(y - 98.0) < 5.0) & ~disc
+        bone = (body_r < 1.0) | arch | spinous | transverse
+        values = np.where(body_r < 0.86, CANCELLOUS_HU, 650.0 + 0.0 * z)
+        values = np.where(disc & (body_r < 1.0), DISC_HU, values)
+        values = np.where(arch | spinous | transverse, 600.0, values)
+        hu[bone] = np.broadcast_to(values, bone.shape)[bone]
+        hu[(canal_r < 9.0) & np.ones(z.shape, bool)] = CSF_HU
+        label[bone] = 0
+    box = canvas.box((-16.0, -116.0, -95.0), (16.0, -96.0, 110.0))
+    if box is not None:
+        sl, x, y, z = box
+        core = (np.abs(x) < 12.0) & (np.abs(y + 106.0) < 5.0) & (z > -93.0) & (z < 108.0)
+        shell = (np.abs(x) < 14.0) & (np.abs(y + 106.0) < 7.0) & (z > -95.0) & (z < 110.0)
+        canvas.hu[sl][shell] = CORTICAL_HU * 0.8
+        canvas.hu[sl][core] = CANCELLOUS_HU
+        canvas.label[sl][shell] = 0
+
+
+def _paint_mediastinum(canvas: Canvas, anat: Anatomy) -> None:
+    soft = 1.2 * canvas.voxel_mm
+    # heart with a rim of pericardial fat
+    r = max(anat.heart_radii) * 1.15
+    c = anat.heart_centre
+    box = canvas.box(np.subtract(c, r), np.add(c, r))
+    if box is not None:
+        sl, x, y, z = box
+        er = ellipsoid_radius(x, y, z, c, anat.heart_radii, anat.heart_rotation)
+        free = canvas.label[sl] == 0
+        canvas.hu[sl][(er < 1.08) & free] = FAT_HU
+        canvas.hu[sl][(er < 1.0) & free] = BLOOD_HU
+    # oesophagus (with a little air), great vessels: drawn only outside the lungs
+    tubes = [
+        ((-4.0, 44.0, -160.0), (-4.0, 44.0, 400.0), 7.0, BLOOD_HU),  # oesophagus wall
+        ((-4.0, 44.0, -160.0), (-4.0, 44.0, 400.0), 2.0, AIR_HU),
+        ((20.0, 50.0, -400.0), (20.0, 50.0, 55.0), 12.0, BLOOD_HU),  # descending aorta
+        ((20.0, 50.0, 55.0), (10.0, 10.0, 78.0), 13.0, BLOOD_HU),  # arch
+        ((10.0, 10.0, 78.0), (5.0, -22.0, 55.0), 14.0, BLOOD_HU),
+        ((5.0, -22.0, 55.0), (10.0, -25.0, -25.0), 15.0, BLOOD_HU),  # ascending aorta
+        ((10.0, 10.0, 78.0), (-6.0, 5.0, 400.0), 6.0, BLOOD_HU),  # brachiocephalic trunk
+        ((-25.0, -18.0, -30.0), (-24.0, -15.0, 400.0), 10.0, BLOOD_HU),  # superior vena cava
+        ((15.0, -45.0, -30.0), (10.0, -20.0, 18.0), 13.0, BLOOD_HU),  # pulmonary trunk
+        ((10.0, -20.0, 18.0), (-30.0, 8.0, 8.0), 10.0, BLOOD_HU),  # right pulmonary artery
+        ((10.0, -20.0, 18.0), (36.0, 12.0, 18.0), 10.0, BLOOD_HU),  # left pulmonary artery
+    ]
+    for a, b, radius, value in tubes:
+        box = canvas.box(*tube_box(a, b, radius, soft))
+        if box is None:
+            continue
+        sl, x, y, z = box
+        w = tube_weight(x, y, z, a, b, radius, radius, soft)
+        free = canvas.label[sl] == 0
+        hu = canvas.hu[sl]
+        hu[free] = (hu + (value - hu) * w)[free]
+
+
+def _paint_abdomen(canvas: Canvas, anat: Anatomy) -> None:
+    """Liver under the right dome, spleen and a stomach with a gas bubble under the left."""
+    top = max(anat.dome_right, anat.dome_left) + 2.0
+    box = canvas.box((-200.0, -200.0, -1e4), (200.0, 200.0, top))
+    if box is None:
+        return
+    sl, x, y, z = box
+    ax, ay = anat.ribcage_axes(z)
+    inside = (x / (ax - 9.0)) ** 2 + ((y - 8.0) / (ay - 9.0)) ** 2 < 1.0
+    below = np.where(x < MEDIASTINUM_X, z < anat.diaphragm(RIGHT_LUNG, x, y), z < anat.diaphragm(LEFT_LUNG, x, y))
+    organ = inside & below & (canvas.label[sl] == 0) & ~((x**2 + (y - 70.0) ** 2) < 30.0**2)
+    hu = canvas.hu[sl]
+    values = np.where(x < 25.0, LIVER_HU, np.where(y > 30.0, SPLEEN_HU, 25.0))
+    hu[organ] = np.broadcast_to(values, organ.shape)[organ]
+    centre = (62.0, -25.0, anat.dome_left - 48.0)
+    stomach = organ & (ellipsoid_radius(x, y, z, centre, (38.0, 34.0, 30.0)) < 1.0)
+    hu[stomach & (z > centre[2] + 12.0)] = AIR_HU
+    hu[stomach & (z <= centre[2] + 12.0)] = 15.0

@@ -1,0 +1,151 @@
+"""Branching tubes of the phantoms: pulmonary vessels and airways.
+
+Vessel trees grow from the hila towards the periphery, tapering and
+bifurcating (Murray-like radius ratios) and staying inside their lung. They
+matter for realism: vessels are what make naive HU lesion thresholds fail.
+The trachea and main bronchi are air but *not* lung (label 0); the smaller
+intrapulmonary bronchi are part of the lung, as in usual lung masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .constants import AIR_HU, LEFT_LUNG, RIGHT_LUNG
+from .phantom_canvas import Canvas, tube_box, tube_weight
+
+if TYPE_CHECKING:
+    from .phantom_anatomy import Anatomy
+
+VESSEL_HU = 40.0
+AIRWAY_WALL_HU = 30.0
+
+Segment = tuple[np.ndarray, np.ndarray, float, float]  # start, end, start radius, end radius
+
+# (start, direction, radius, length) per lung: pulmonary arteries from the hila, veins to the left atrium
+_ARTERY_ROOTS = {
+    RIGHT_LUNG: ((-30.0, 8.0, 8.0), [((-0.3, 0.1, 1.0), 5.0), ((-0.5, -0.8, -0.2), 4.0),
+                                      ((-0.5, 0.4, -0.8), 5.5), ((-0.2, 0.9, -0.5), 4.5)]),
+    LEFT_LUNG: ((36.0, 12.0, 18.0), [((0.3, 0.1, 1.0), 4.5), ((0.6, -0.7, -0.2), 4.0),
+                                     ((0.5, 0.4, -0.8), 5.0), ((0.2, 0.9, -0.5), 4.5)]),
+}
+_VEIN_ROOTS = {
+    RIGHT_LUNG: ((-26.0, 14.0, -22.0), [((-0.3, -0.4, 1.0), 4.5), ((-0.9, 0.0, -0.4), 4.0),
+                                        ((-0.3, 0.8, -0.5), 4.5), ((-0.5, -0.8, -0.1), 3.5)]),
+    LEFT_LUNG: ((32.0, 18.0, -15.0), [((0.3, -0.3, 1.0), 4.0), ((0.9, 0.0, -0.4), 4.0),
+                                      ((0.3, 0.8, -0.5), 4.5)]),
+}
+
+
+@dataclass(frozen=True)
+class Airways:
+    main: list[tuple[tuple[float, float, float], tuple[float, float, float], float]]  # trachea, main bronchi
+    branches: list[Segment]  # intrapulmonary bronchi (part of the lung)
+    landmarks: dict[str, tuple[float, float, float]]  # normalized mm
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / (np.linalg.norm(v) + 1e-12)
+
+
+def grow_tree(anat: Anatomy, rng: np.random.Generator, side: int, origin, roots, min_radius: float,
+              taper: float = 0.92, max_generations: int = 14) -> list[Segment]:
+    """Grow a bifurcating tree inside lung ``side``; one vectorised inside-test per generation."""
+    origin = np.asarray(origin, dtype=np.float64)
+    frontier = [(origin.copy(), _unit(d), float(r), float(r) * rng.uniform(4.0, 6.0)) for d, r in roots]
+    segments: list[Segment] = []
+    for _ in range(max_generations):
+        if not frontier:
+            break
+        starts = np.array([f[0] for f in frontier])
+        steps = np.array([f[1] * f[3] for f in frontier])
+        candidates = np.concatenate([starts + steps, starts + 0.5 * steps])
+        inside = anat.lung_side(candidates[:, 0], candidates[:, 1], candidates[:, 2]) == side
+        n = len(frontier)
+        next_frontier = []
+        for i, (start, direction, radius, _length) in enumerate(frontier):
+            if inside[i]:
+                end = candidates[i]
+            elif inside[n + i]:
+                end = candidates[n + i]
+            else:
+                continue
+            end_radius = radius * taper
+            segments.append((start, end, radius, end_radius))
+            perp = _unit(np.cross(direction, rng.standard_normal(3)))
+            outward = _unit(end - origin)
+            for ratio, sign in ((rng.uniform(0.76, 0.9), 1.0), (rng.uniform(0.6, 0.8), -1.0)):
+                child_radius = end_radius * ratio
+                if child_radius < min_radius:
+                    continue
+                angle = np.deg2rad(rng.uniform(20.0, 45.0))
+                child_dir = _unit(np.cos(angle) * direction + sign * np.sin(angle) * perp + 0.3 * outward)
+                length = float(np.clip(child_radius * rng.uniform(6.0, 11.0), 4.0, 40.0))
+                next_frontier.append((end, child_dir, child_radius, length))
+        frontier = next_frontier
+    return segments
+
+
+def paint_vessel_trees(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> None:
+    """Pulmonary arteries and veins, drawn only on lung voxels (they are part of the lung)."""
+    for roots in (_ARTERY_ROOTS, _VEIN_ROOTS):
+        for side in (RIGHT_LUNG, LEFT_LUNG):
+            origin, stems = roots[side]
+            tree = grow_tree(anat, rng, side, origin, stems, min_radius=0.45)
+            _paint_segments(canvas, tree, VESSEL_HU, lung_only=True)
+
+
+def _paint_segments(canvas: Canvas, segments, value: float, lung_only: bool, wall: float = 0.0,
+                    clear_label: bool = False) -> None:
+    soft = max(0.5 * canvas.voxel_mm, 0.3)
+    for a, b, ra, rb in segments:
+        ra, rb = ra + wall, rb + wall
+        if max(ra, rb) < 0.2 * canvas.voxel_mm:
+            continue  # far below the voxel size: would only add a faint smear
+        box = canvas.box(*tube_box(a, b, max(ra, rb), soft))
+        if box is None:
+            continue
+        sl, x, y, z = box
+        w = tube_weight(x, y, z, a, b, ra, rb, soft)
+        # a tube thinner than the voxel still carries its partial-volume share
+        w *= min(1.0, 2.0 * max(ra, rb) / canvas.voxel_mm)
+        hu = canvas.hu[sl]
+        label = canvas.label[sl]
+        where = (label > 0) if lung_only else (w > 0)
+        hu[where] = (hu + (value - hu) * w)[where]
+        if clear_label:
+            label[w > 0.5] = 0
+
+
+def airway_segments(anat: Anatomy, rng: np.random.Generator) -> Airways:
+    carina = (2.0, 22.0, 40.0)
+    top = (2.0, 18.0, 600.0)
+    right_end = (-30.0, 26.0, 22.0)
+    left_end = (36.0, 30.0, 12.0)
+    main = [(top, carina, 8.5), (carina, right_end, 6.5), (carina, left_end, 6.0)]
+    right = grow_tree(anat, rng, RIGHT_LUNG, right_end,
+                      [((-0.3, 0.0, 1.0), 4.0), ((-0.5, 0.3, -1.0), 4.5), ((-0.6, -0.8, -0.3), 3.0)],
+                      min_radius=1.0, max_generations=5)
+    left = grow_tree(anat, rng, LEFT_LUNG, left_end,
+                     [((0.3, 0.0, 1.0), 4.0), ((0.5, 0.3, -1.0), 4.5)], min_radius=1.0, max_generations=5)
+    landmarks = {
+        "carina": carina,
+        "trachea": (2.0, 19.0, 90.0),  # mid trachea, above the lung apices' medial edge
+        "right_main_bronchus": tuple(0.5 * (np.add(carina, right_end))),
+        "left_main_bronchus": tuple(0.5 * (np.add(carina, left_end))),
+    }
+    return Airways(main=main, branches=right + left, landmarks=landmarks)
+
+
+def paint_airways(canvas: Canvas, airways: Airways) -> None:
+    """Trachea and main bronchi (air, wall, not lung), then the intrapulmonary bronchi."""
+    main = [(np.asarray(a), np.asarray(b), r, r) for a, b, r in airways.main]
+    _paint_segments(canvas, main, AIRWAY_WALL_HU, lung_only=False, wall=2.0, clear_label=True)
+    _paint_segments(canvas, main, AIR_HU, lung_only=False, clear_label=True)
+    for a, b, ra, rb in airways.branches:
+        _paint_segments(canvas, [(a, b, ra, rb)], AIRWAY_WALL_HU, lung_only=True, wall=0.25 * ra + 0.4)
+        _paint_segments(canvas, [(a, b, ra, rb)], AIR_HU, lung_only=True)
