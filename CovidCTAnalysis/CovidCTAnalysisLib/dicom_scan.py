@@ -10,12 +10,14 @@ carry the patient ID).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
@@ -102,6 +104,11 @@ class ScanResult:
     n_files: int
 
 
+def _is_valid_uid(value: str) -> bool:
+    # IGNORE: pydicom's UID() would otherwise log the invalid value in full.
+    return UID(value, validation_mode=pydicom.config.IGNORE).is_valid
+
+
 def format_uid(value: str | None) -> str:
     """A UID for messages: valid ones in full, damaged ones shortened.
 
@@ -113,7 +120,7 @@ def format_uid(value: str | None) -> str:
     value = str(value).strip()
     if not value:
         return "blank"
-    if UID(value).is_valid:
+    if _is_valid_uid(value):
         return value
     return f"'{value[:4]}…' ({len(value)} characters)"
 
@@ -125,7 +132,7 @@ def uid_problem(value: str | None) -> str | None:
     value = str(value).strip()
     if not value:
         return "blank"
-    if UID(value).is_valid:
+    if _is_valid_uid(value):
         return None
     if _UUID_LIKE.match(value):
         return "not a valid DICOM UID (UUID string)"
@@ -136,8 +143,30 @@ def uid_problem(value: str | None) -> str | None:
     return "not a valid DICOM UID (empty or zero-padded component)"
 
 
+@contextlib.contextmanager
+def quiet_value_checks() -> Iterator[None]:
+    """Stop pydicom from logging invalid values while we read headers.
+
+    pydicom's default reading mode warns *and logs* each invalid value in full,
+    e.g. a UUID-style UID made from the patient ID; our own messages say what is
+    wrong with shortened values instead.
+    """
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = before
+
+
 def read_header(path: Path) -> tuple[InstanceHeader | None, str | None]:
     """Read one file's header. Returns (header, None) or (None, why it is not a DICOM image)."""
+    with quiet_value_checks():
+        return _read_header(path)
+
+
+def _read_header(path: Path) -> tuple[InstanceHeader | None, str | None]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:

@@ -1,0 +1,221 @@
+"""DICOM SEG export, checked by independent readers.
+
+* dciodvfy (dicom3tools) reports no IOD errors;
+* dcmqi's segimage2itkimage (the reader behind Slicer's QuantitativeReporting)
+  reads it, and each segment equals ours voxel for voxel on the source grid;
+* highdicom reads it back with pydicom's validation mode RAISE and the masks
+  round-trip, frame by frame, matched to the source instances.
+
+On phantom series written as DICOM, and on the real series P001-repaired-uids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
+from CovidCTAnalysisLib.dicom_seg import (
+    SegWriteResult,
+    seg_reference_problem,
+    seg_unavailable_reason,
+    write_dicom_seg,
+)
+from CovidCTAnalysisLib.dicom_series import load_dicom_series
+from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
+from CovidCTAnalysisLib.errors import DicomSegError
+from CovidCTAnalysisLib.volume import CTVolume, labelmap_like
+from dicom_validators import chest_volume, edit_series, on_grid, read_with_dcmqi, run_dciodvfy
+
+MODEL = {"id": "covidct-segmenter-test", "version": "1.2.3", "task": "segmentation", "demo": True}
+
+
+@pytest.fixture
+def strict_pydicom():
+    """Read with pydicom's enforce-valid-values behaviour, as highdicom's own tests do."""
+    before = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
+    yield
+    pydicom.config.settings.reading_validation_mode = before
+
+
+@pytest.fixture
+def phantom_series(tmp_path):
+    image, truth = chest_volume(seed=21)
+    write_dicom_series(image, tmp_path / "ct")
+    volume = load_dicom_series(tmp_path / "ct")
+    labels = sitk.GetArrayFromImage(truth)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}  # every segment present
+    return volume, labelmap_like(labels, volume.image)
+
+
+def _check_with_all_readers(seg_path: Path, volume: CTVolume, labelmap: sitk.Image, tmp: Path,
+                            expected_labels: list[int]) -> None:
+    labels = sitk.GetArrayFromImage(labelmap)
+    # 1. dciodvfy: no errors
+    report = run_dciodvfy(seg_path)
+    assert not report.errors, report.output
+    # 2. dcmqi reads it; each segment equals ours on the source grid
+    masks = read_with_dcmqi(seg_path, tmp / "dcmqi")
+    assert sorted(masks) == sorted(LABEL_NAMES[v] for v in expected_labels)
+    for value in expected_labels:
+        np.testing.assert_array_equal(on_grid(masks[LABEL_NAMES[value]], volume.image), labels == value,
+                                      err_msg=f"dcmqi mask of {LABEL_NAMES[value]}")
+    # 3. highdicom reads it with validation RAISE; masks round-trip per source instance
+    seg = hd.seg.segread(seg_path)
+    numbers = list(range(1, len(expected_labels) + 1))
+    assert [seg.get_segment_description(n).segment_label for n in numbers] == [LABEL_NAMES[v] for v in expected_labels]
+    pixels = seg.get_pixels_by_source_instance(list(volume.dicom.sop_instance_uids), segment_numbers=numbers,
+                                               assert_missing_frames_are_empty=True)
+    for n, value in zip(numbers, expected_labels, strict=True):
+        np.testing.assert_array_equal(pixels[..., n - 1] > 0, labels == value)
+
+
+def test_phantom_seg_valid_for_all_readers(phantom_series, tmp_path, strict_pydicom):
+    volume, labelmap = phantom_series
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "out" / "segmentation.dcm", [MODEL])
+    assert result.written and result.reason is None and result.empty_segments == ()
+    assert result.path == tmp_path / "out" / "segmentation.dcm"
+    labels = sitk.GetArrayFromImage(labelmap)
+    assert result.n_frames == sum(int((labels[z] == v).any()) for z in range(labels.shape[0]) for v in (1, 2, 3))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["segmentation.dcm"]  # no temp file left
+    _check_with_all_readers(result.path, volume, labelmap, tmp_path, [1, 2, 3])
+
+
+def test_seg_content_terminology_algorithm_references(phantom_series, tmp_path, strict_pydicom):
+    volume, labelmap = phantom_series
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [MODEL],
+                             series_description="test export", series_number=777)
+    ds = pydicom.dcmread(result.path)
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert ds.SeriesDescription == "test export" and ds.SeriesNumber == 777
+    assert ds.StudyInstanceUID == volume.dicom.study_instance_uid
+    assert ds.FrameOfReferenceUID == volume.dicom.frame_of_reference_uid
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.dicom.series_instance_uid
+    for item, value in zip(ds.SegmentSequence, (1, 2, 3), strict=True):
+        term = TERMINOLOGY[value]
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        assert item.SegmentAlgorithmName == "covidct-segmenter-test [DEMO: synthetic phantoms]"
+        algo = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algo.AlgorithmVersion == "1.2.3" and algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == term.type[0]
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == term.category[0]
+        if term.anatomic_region:
+            assert item.AnatomicRegionSequence[0].CodeValue == "39607008"  # lung
+    assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "44029006"  # left lung
+    assert ds.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "3341006"  # right lung
+    # Each frame references the source instance at its own position.
+    where = dict(zip(volume.dicom.sop_instance_uids, volume.dicom.image_positions, strict=True))
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        ipp = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(ipp, where[ref], atol=1e-3)
+    # New UIDs on every export
+    again = pydicom.dcmread(write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg2.dcm", [MODEL]).path)
+    assert again.SeriesInstanceUID != ds.SeriesInstanceUID and again.SOPInstanceUID != ds.SOPInstanceUID
+
+
+def test_threshold_method_identified_when_no_model(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    ds = pydicom.dcmread(write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", []).path)
+    assert ds.SegmentSequence[0].SegmentAlgorithmName == "CovidCTAnalysis threshold method"
+
+
+def test_empty_lesion_segment_left_out_with_warning(phantom_series, tmp_path, caplog, strict_pydicom):
+    volume, labelmap = phantom_series
+    labels = sitk.GetArrayFromImage(labelmap)
+    labels[labels == 3] = 1
+    lungs_only = labelmap_like(labels, volume.image)
+    caplog.set_level(logging.WARNING)
+    result = write_dicom_seg(lungs_only, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert result.written and result.empty_segments == ("Lesion",)
+    assert "empty segment(s) left out: Lesion" in caplog.text
+    _check_with_all_readers(result.path, volume, lungs_only, tmp_path, [1, 2])
+
+
+def test_all_empty_labelmap_is_not_written(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    empty = labelmap_like(np.zeros(labelmap.GetSize()[::-1], np.uint8), volume.image)
+    result = write_dicom_seg(empty, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert not result.written and "labelmap is empty" in result.reason
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_labelmap_off_the_source_grid_is_refused(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    shifted = sitk.Image(labelmap)
+    shifted.SetOrigin([o + 2.0 for o in labelmap.GetOrigin()])
+    with pytest.raises(DicomSegError, match="expected the labelmap on the source grid"):
+        write_dicom_seg(shifted, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    with pytest.raises(DicomSegError, match="does not match the source series"):
+        write_dicom_seg(labelmap[:, :, 1:], volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_badly_anonymised_source_loads_but_no_seg(tmp_path, caplog):
+    """The damage the issue describes for P001: blank SOP UIDs, UUID study/series UIDs, no FoR, no name."""
+    image, truth = chest_volume(seed=22)
+    write_dicom_series(image, tmp_path / "anon")
+    edit_series(tmp_path / "anon", SOPInstanceUID="", StudyInstanceUID="98C14734-ASSH-4A1B-9C2D-0E1F2A3B4C5D",
+                SeriesInstanceUID="98C14734-ASSH-5B2C-8D3E-1F2A3B4C5D6E", FrameOfReferenceUID=None, PatientName=None)
+    caplog.clear()  # what follows must not log the damaged UIDs in full (they carry the patient ID)
+    caplog.set_level(logging.DEBUG)
+    volume = load_dicom_series(tmp_path / "anon")  # still loads and can be analysed
+    assert volume.image.GetSize() == image.GetSize()
+    problem = seg_reference_problem(volume.dicom)
+    assert "SOPInstanceUID is blank on 20 of 20 instances" in problem
+    assert "SeriesInstanceUID '98C1…' (36 characters) is not a valid DICOM UID (UUID string)" in problem
+    assert "StudyInstanceUID '98C1…' (36 characters) is not a valid DICOM UID (UUID string)" in problem
+    assert "FrameOfReferenceUID is missing" in problem
+    labelmap = labelmap_like(sitk.GetArrayFromImage(truth), volume.image)
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "out" / "seg.dcm", [MODEL])
+    assert result == SegWriteResult(False, f"the source series cannot be referenced by a DICOM SEG: {problem}",
+                                    None, 0, ())
+    assert not (tmp_path / "out" / "seg.dcm").exists()
+    assert "FrameOfReferenceUID is missing" in caplog.text
+    assert "ASSH-4A1B" not in caplog.text  # damaged UIDs are shortened: they can carry the patient ID
+
+
+def test_non_dicom_input_says_seg_needs_dicom(phantom_series):
+    volume, _ = phantom_series
+    nifti = CTVolume(image=volume.image, path=Path("ct.nii.gz"), source_format="nifti")
+    assert "DICOM SEG needs a DICOM source series (the input was nifti)" in seg_unavailable_reason(nifti)
+    assert seg_unavailable_reason(volume) is None
+
+
+def test_report_entry_shape(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    entry = write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [MODEL]).as_report()
+    assert json.loads(json.dumps(entry))["written"] is True and entry["reason"] is None
+
+
+# --- Real data ------------------------------------------------------------------------------------------------
+
+def _threshold_labels(volume: CTVolume) -> sitk.Image:
+    """A quick HU-threshold labelmap (lung band split at the midline, GGO band as lesion)."""
+    hu = sitk.GetArrayFromImage(volume.image)
+    lung = (hu > -1000) & (hu < -300)
+    labels = np.zeros(hu.shape, np.uint8)
+    half = hu.shape[2] // 2
+    labels[:, :, half:][lung[:, :, half:]] = 1  # LPS +x, the patient's left, is the higher index here
+    labels[:, :, :half][lung[:, :, :half]] = 2
+    labels[lung & (hu > -700)] = 3
+    labels[:20] = 0  # some empty frames, to exercise omitted frames
+    return labelmap_like(labels, volume.image)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_p001_repaired_seg_valid(shared_data, tmp_path, strict_pydicom):
+    volume = load_dicom_series(shared_data / "covid-ct-md" / "dicom" / "P001-repaired-uids")
+    assert seg_reference_problem(volume.dicom) is None
+    labelmap = _threshold_labels(volume)
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "segmentation.dcm", [MODEL])
+    assert result.written
+    _check_with_all_readers(result.path, volume, labelmap, tmp_path, [1, 2, 3])
