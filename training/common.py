@@ -1,0 +1,250 @@
+"""Shared training plumbing: run context (seed, device, DDP), progress lines, logs, checkpoints.
+
+Distributed runs: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is
+initialised with NCCL on CUDA and gloo on the CPU; only rank 0 writes logs and
+checkpoints. Nothing is ever written outside ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_LAST = "checkpoint_last.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+INTENDED_USE = "Research use, not for diagnosis."
+
+
+@dataclass
+class RunContext:
+    """Where this process stands: rank, world size, device, output folder, clock."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    output_dir: Path = Path(".")
+    seed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def log(self, step: str, message: str) -> None:
+        """One progress line (rank 0 only): ``[training] <step> | <elapsed> | message``."""
+        if self.is_main:
+            print(f"[{step}] {self.elapsed():7.1f}s | {message}", flush=True)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, numpy and torch (MONAI's ``set_determinism``)."""
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA (this rank's GPU) when present, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise SystemExit(f"--device {name!r}: expected auto, cuda or cpu")
+    return torch.device("cpu")
+
+
+def setup_run(output_dir: str | Path, seed: int, device: str = "auto", threads: int | None = None) -> RunContext:
+    """Create the output folder, seed everything and join the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+    out = Path(output_dir).expanduser().resolve()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    # Each rank gets a different augmentation stream but the same model initialisation
+    # (DDP broadcasts rank 0's parameters at wrap time).
+    seed_everything(seed + rank)
+    return RunContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, output_dir=out, seed=seed)
+
+
+def teardown_run(ctx: RunContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def wrap_ddp(module: torch.nn.Module, ctx: RunContext) -> torch.nn.Module:
+    """DistributedDataParallel when distributed, the module itself otherwise."""
+    module = module.to(ctx.device)
+    if not ctx.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def all_reduce_mean(value: float, ctx: RunContext) -> float:
+    """Average a float over ranks (identity when not distributed)."""
+    if not ctx.distributed:
+        return float(value)
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
+
+
+def barrier(ctx: RunContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class TensorBoardLog:
+    """TensorBoard writer under ``<output>/tensorboard`` on rank 0; a no-op elsewhere."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._writer = None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(ctx.output_dir / "tensorboard"))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, float(value), step)
+
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_figure(tag, fig, step)
+
+    def image(self, tag: str, image_chw: np.ndarray, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_image(tag, image_chw, step, dataformats="CHW")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                    metric: float, best_metric: float | None, extra: dict[str, Any] | None = None) -> None:
+    """Write a resumable checkpoint atomically (tensors and plain values only, so it loads with
+    ``weights_only=True``)."""
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "metric": float(metric),
+        "best_metric": float("nan") if best_metric is None else float(best_metric),
+        "torch_rng": torch.get_rng_state(),
+        "extra_json": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--resume: checkpoint {path} does not exist; expected {CHECKPOINT_LAST} in --output-dir")
+    state = torch.load(path, map_location=device, weights_only=True)
+    unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    state["extra"] = json.loads(state.get("extra_json") or "{}")
+    if state["best_metric"] != state["best_metric"]:  # NaN: no metric yet
+        state["best_metric"] = None
+    return state
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``+dirty`` when the tree has changes), or None."""
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Library versions that shaped the weights."""
+    import monai
+    import SimpleITK
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "monai": monai.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString() if hasattr(SimpleITK, "Version_VersionString")
+        else str(SimpleITK.__version__),
+        "numpy": np.__version__,
+    }
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,282 @@
+"""Train the MONAI 3D U-Net (left lung, right lung, lesion) on CT volumes.
+
+    python -m training.train_segmenter --dataset phantoms --phantom-seeds 0-9 --output-dir /tmp/seg
+    python -m training.train_segmenter --dataset covid-ct-seg --data-root /data/COVID-19-CT-Seg --output-dir out
+    python -m training.train_segmenter --dataset covid-19-20 --data-root /data/COVID-19-20 --output-dir out
+    torchrun --nproc_per_node 2 -m training.train_segmenter ... --device cpu   # DDP (gloo on CPU)
+
+The network is the core's ``build_segmenter``; inputs come from the core's
+``transforms.segmenter_preprocess`` and ``get_segmenter_transforms`` (positive/negative
+patch sampling). Method: CacheDataset, Dice+CE loss, sliding-window validation with
+per-class DiceMetric; the paper's defaults: batch 4, SGD momentum 0.95, lr 5e-4 for 2
+labels and 1e-4 for 4 labels. Writes under ``--output-dir`` only.
+Research use, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from CovidCTAnalysisLib.networks import DEFAULT_SEGMENTER_CHANNELS, DEFAULT_SEGMENTER_STRIDES, build_segmenter
+from CovidCTAnalysisLib.transforms import get_segmenter_transforms, roi_size_zyx, segmenter_settings
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import segmenter_data as sdata
+from .common import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    TensorBoardLog,
+    all_reduce_mean,
+    barrier,
+    command_line,
+    load_checkpoint,
+    save_checkpoint,
+    setup_run,
+    teardown_run,
+    unwrap,
+    wrap_ddp,
+    write_json,
+)
+from .phantom_cache import parse_seeds
+from .segmenter_prepare import prepare_case
+from .splits import DEFAULT_TRAIN_FRACTION, split_cases
+from .train_classifier import RUN_FILE, make_optimizer
+
+PAPER_LR = {2: 5e-4, 4: 1e-4}
+
+
+def _triple(text: str, flag: str) -> list[float]:
+    vals = [float(v) for v in str(text).split(",")]
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise SystemExit(f"{flag} {text!r}: expected one number or x,y,z")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train_segmenter", description=__doc__.split("\n")[0])
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", required=True, choices=["covid-ct-seg", "covid-19-20", "phantoms"])
+    g.add_argument("--data-root")
+    g.add_argument("--layout", default="auto", choices=["auto", "zenodo", "kaggle"], help="covid-ct-seg layout")
+    g.add_argument("--mask-kind", default="lung_and_infection", choices=sorted(sdata.CHANNEL_NAMES),
+                   help="covid-ct-seg masks: 4 labels (default), lungs only, or infection only")
+    g.add_argument("--sides", default="warn", choices=["warn", "fix", "off"],
+                   help="check left/right labels against patient coordinates")
+    g.add_argument("--no-radiopaedia-hu", action="store_true", help="keep Radiopaedia cases' 0..255 values")
+    g.add_argument("--phantom-kinds", default="covid,pneumonia,normal")
+    g.add_argument("--phantom-seeds", default="0-9")
+    g.add_argument("--phantom-spacing", type=float, default=None)
+    g.add_argument("--cache-dir")
+    p.add_argument("--output-dir", required=True, help="everything is written here, nothing elsewhere")
+    q = p.add_argument_group("preprocessing (recorded in the metadata; inference uses the same)")
+    q.add_argument("--spacing", default="1.5,1.5,2.5", help="model spacing in mm, x,y,z")
+    q.add_argument("--roi", default="96,96,64", help="patch / sliding-window size in voxels, x,y,z")
+    q.add_argument("--hu-range", default="-1024,400")
+    q.add_argument("--sw-overlap", type=float, default=0.25)
+    q.add_argument("--margin-mm", type=float, default=10.0)
+    n = p.add_argument_group("network")
+    n.add_argument("--channels", default=",".join(map(str, DEFAULT_SEGMENTER_CHANNELS)))
+    n.add_argument("--strides", default=",".join(map(str, DEFAULT_SEGMENTER_STRIDES)))
+    n.add_argument("--num-res-units", type=int, default=2)
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--iterations-per-epoch", type=int, default=None, help="cap on batches per epoch")
+    t.add_argument("--batch-size", type=int, default=4, help="volumes per batch (paper: 4)")
+    t.add_argument("--num-samples", type=int, default=1, help="patches per volume per batch")
+    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--lr", type=float, default=None, help="default: 5e-4 for 2 labels, 1e-4 for 4 labels (paper)")
+    t.add_argument("--momentum", type=float, default=0.95)
+    t.add_argument("--weight-decay", type=float, default=1e-5)
+    t.add_argument("--val-every", type=int, default=1)
+    t.add_argument("--train-fraction", type=float, default=DEFAULT_TRAIN_FRACTION)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--num-workers", type=int, default=0)
+    return p
+
+
+def load_cases(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
+    """Cases, a description for the metadata, and the mask kind (which fixes the labels)."""
+    if args.dataset == "phantoms":
+        kinds = [k.strip() for k in args.phantom_kinds.split(",") if k.strip()]
+        cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
+        cases = sdata.phantom_seg_cases(kinds, parse_seeds(args.phantom_seeds), cache, args.phantom_spacing, log)
+        return cases, {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom)", "kinds": kinds,
+                       "seeds": args.phantom_seeds, "spacing_mm": args.phantom_spacing}, "lung_and_infection"
+    if not args.data_root:
+        raise SystemExit("--data-root is required for this --dataset")
+    if args.dataset == "covid-ct-seg":
+        cases = sdata.covid_ct_seg_cases(Path(args.data_root), args.layout, args.mask_kind)
+        return cases, {"name": "COVID-19-CT-Seg (Ma et al. 2021, doi:10.5281/zenodo.3757476)",
+                       "root": str(args.data_root), "layout": args.layout, "masks": args.mask_kind}, args.mask_kind
+    cases = sdata.covid19_20_cases(Path(args.data_root))
+    return cases, {"name": "COVID-19-20 challenge", "root": str(args.data_root)}, "infection"
+
+
+def overlay_image(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(3, H, 2W) RGB in 0..1: middle axial slice, prediction (left) and truth (right) over the CT."""
+    colours = np.array([[0, 0, 0], [0.5, 0.68, 0.5], [0.95, 0.84, 0.57], [0.85, 0.4, 0.31]])
+    z = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(axis=1))) if truth.any() else image.shape[0] // 2
+    ct = np.repeat(image[z][None], 3, axis=0)
+    panels = []
+    for lab in (pred[z], truth[z]):
+        rgb = ct.copy()
+        m = lab > 0
+        rgb[:, m] = 0.5 * rgb[:, m] + 0.5 * colours[np.clip(lab[m], 0, 3)].T
+        panels.append(rgb[:, ::-1, :])  # anterior at the top, as radiologists view
+    return np.concatenate(panels, axis=2).astype(np.float32)
+
+
+@torch.no_grad()
+def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> tuple[dict, np.ndarray | None]:
+    """Sliding-window inference on the model grid; mean Dice per foreground class."""
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    model.eval()
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    overlay = None
+    for i, d in enumerate(val_data):
+        x = torch.as_tensor(d["image"])[None].to(device)
+        logits = sliding_window_inference(x, roi_size_zyx(prep), int(prep["sw_batch_size"]), model,
+                                          overlap=float(prep["sw_overlap"]), mode="gaussian")
+        pred = logits.argmax(dim=1, keepdim=True).cpu()
+        y = torch.as_tensor(d["label"])[None].long()
+        metric(one_hot(pred, n_labels), one_hot(y, n_labels))
+        if i == 0:
+            overlay = overlay_image(d["image"][0], pred[0, 0].numpy(), d["label"][0])
+    per_class = metric.aggregate().cpu().numpy().tolist()
+    return {str(k + 1): float(v) for k, v in enumerate(per_class)}, overlay
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = setup_run(args.output_dir, args.seed, args.device, args.threads)
+    args.output_dir = str(ctx.output_dir)
+    cases, dataset_desc, mask_kind = load_cases(args, ctx.log)
+    labels = sdata.CHANNEL_NAMES[mask_kind]
+    n_labels = len(labels)
+    lo, hi = _triple(args.hu_range, "--hu-range")[:2]
+    prep = segmenter_settings({"spacing_mm": _triple(args.spacing, "--spacing"),
+                               "roi_size": [int(v) for v in _triple(args.roi, "--roi")], "hu_range": [lo, hi],
+                               "sw_overlap": args.sw_overlap, "sw_batch_size": 1, "margin_mm": args.margin_mm})
+    lr = args.lr if args.lr is not None else PAPER_LR.get(n_labels, 1e-4)
+    split = split_cases([c.case_id for c in cases], [c.group for c in cases], None, args.train_fraction, args.seed)
+    ctx.log("data", f"{len(cases)} cases: {len(split.train)} train / {len(split.val)} validation (by patient)")
+    by_id = {c.case_id: c for c in cases}
+    prepared = {}
+    for i, cid in enumerate(split.train + split.val):
+        prepared[cid] = prepare_case(by_id[cid], prep, n_labels, args.sides, not args.no_radiopaedia_hu)
+        ctx.log("data", f"prepared {i + 1}/{len(cases)}: {cid} {tuple(prepared[cid]['image'].shape[1:])} (z,y,x)")
+    from monai.data import CacheDataset, list_data_collate
+
+    # Mirroring swaps labels 1/2 (left/right lung); a lesion-only model has no sides to swap.
+    train_tf = get_segmenter_transforms("train", prep, num_samples=args.num_samples,
+                                        lr_flip_prob=0.5 if n_labels == 4 else 0.0)
+    train_ds = CacheDataset([prepared[c] for c in split.train], transform=train_tf, cache_rate=1.0,
+                            num_workers=0, progress=False)
+    sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed) \
+        if ctx.distributed else None
+    train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                          num_workers=args.num_workers, collate_fn=list_data_collate,
+                          generator=torch.Generator().manual_seed(args.seed))
+    val_data = [prepared[c] for c in split.val]
+
+    arch_kwargs = {"n_labels": n_labels, "channels": [int(v) for v in args.channels.split(",")],
+                   "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
+    model = wrap_ddp(build_segmenter(**arch_kwargs), ctx)
+    opt = make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    out = ctx.output_dir
+    start, best, history = 0, None, []
+    if args.resume:
+        state = load_checkpoint(out / CHECKPOINT_LAST, model, opt, ctx.device)
+        start, best, history = state["epoch"] + 1, state["best_metric"], state["extra"].get("history", [])
+        ctx.log("resume", f"from epoch {state['epoch']} (best {best})")
+    tb = TensorBoardLog(ctx)
+    step = sum(h.get("iterations", 0) for h in history)
+    for epoch in range(start, args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        total, n = 0.0, 0
+        for it, batch in enumerate(train_dl):
+            if args.iterations_per_epoch and it >= args.iterations_per_epoch:
+                break
+            x, y = batch["image"].to(ctx.device), batch["label"].to(ctx.device).long()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            n += 1
+            step += 1
+            tb.scalar("loss/train_iteration", loss.item(), step)
+        train_loss = all_reduce_mean(total / max(n, 1), ctx)
+        entry = {"epoch": epoch, "train_loss": train_loss, "iterations": n, "lr": lr}
+        dice, is_best = None, False
+        if ctx.is_main and val_data and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
+            dice, overlay = validate(unwrap(model), val_data, prep, n_labels, ctx.device)
+            mean = float(np.nanmean(list(dice.values())))
+            entry.update({"val_dice": {labels[k]: v for k, v in dice.items()}, "val_mean_dice": mean})
+            for k, v in dice.items():
+                tb.scalar(f"dice/val_{labels[k].replace(' ', '_').lower()}", v, epoch)
+            if overlay is not None:
+                tb.image("overlay/val_prediction_vs_truth", overlay, epoch)
+            is_best = best is None or mean > best
+            best = mean if is_best else best
+        elif ctx.is_main and not val_data:
+            is_best, best = True, -train_loss  # no validation cases: keep the last
+        history.append(entry)
+        tb.scalar("loss/train", train_loss, epoch)
+        if ctx.is_main:
+            metric = entry.get("val_mean_dice", -train_loss)
+            save_checkpoint(out / CHECKPOINT_LAST, model, opt, epoch, metric, best, {"history": history})
+            if is_best:
+                save_checkpoint(out / CHECKPOINT_BEST, model, opt, epoch, metric, best, {"history": history})
+        ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}"
+                + (f" val Dice {', '.join(f'{labels[k]} {v:.3f}' for k, v in dice.items())}" if dice else "")
+                + (" (best)" if is_best and dice else ""))
+        barrier(ctx)
+    tb.close()
+    if ctx.is_main:
+        notes = [note for c in cases for note in c.notes]
+        write_json(out / RUN_FILE, {
+            "task": "segmentation",
+            "architecture": {"name": "monai.UNet", "kwargs": arch_kwargs},
+            "labels": labels,
+            "preprocessing": prep,
+            "dataset": {**dataset_desc, "cases": len(cases), "notes": notes},
+            "split": split.as_dict(),
+            "val_cases": [{"patient_id": c, "image": str(by_id[c].image), "label": str(by_id[c].label)}
+                          for c in split.val],
+            "training": {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
+                         "batch_size": args.batch_size, "num_samples": args.num_samples,
+                         "optimizer": args.optimizer, "lr": lr,
+                         "momentum": args.momentum if args.optimizer == "sgd" else None,
+                         "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax)",
+                         "sampling": "RandCropByPosNegLabeld pos=1 neg=1", "seed": args.seed,
+                         "world_size": ctx.world_size, "device": str(ctx.device), "sides": args.sides},
+            "history": history,
+            "best_val_metric": {"name": "val_mean_dice", "value": best},
+            "command": command_line(),
+            "args": vars(args),
+            "seconds": round(ctx.elapsed(), 1),
+        })
+        ctx.log("done", f"best validation mean Dice {best}; {out / CHECKPOINT_BEST}")
+    teardown_run(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
