@@ -125,15 +125,23 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
     # ~25 M parameters that the weights would overwrite anyway (about a second on 2 cores).
     with torch.device("meta"):
         module = build_module(meta)
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ModelError(f"{path / WEIGHTS_FILE} does not fit architecture {meta.architecture}: missing "
-                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    _load_into(module, state, meta, str(path / WEIGHTS_FILE), assign=True)
     if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
         module = build_module(meta)  # a tensor outside the state_dict: build for real
-        module.load_state_dict(state, strict=True)
+        _load_into(module, state, meta, str(path / WEIGHTS_FILE))
     module.eval().to(torch.device(device))
     return LoadedModel(metadata=meta, module=module, path=path)
+
+
+def _load_into(module: torch.nn.Module, state: dict, meta: ModelMetadata, what: str, assign: bool = False) -> None:
+    """``load_state_dict`` that reports any mismatch (names or shapes) as a ``ModelError``."""
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as e:  # shape mismatches
+        raise ModelError(f"{what} do not fit architecture {meta.architecture}: {str(e).splitlines()[1:3]}") from e
+    if missing or unexpected:
+        raise ModelError(f"{what} do not fit architecture {meta.architecture}: missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
 def _fill_versions(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -171,10 +179,8 @@ def save_model_folder(module: torch.nn.Module, metadata: dict[str, Any], out_dir
         meta = validate_metadata(raw, where=f"metadata for {out_dir}")
         check_metadata(meta, f"metadata for {out_dir}")
         # Refuse weights that do not fit the architecture the metadata names: a folder must load.
-        missing, unexpected = build_module(meta).load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelError(f"module weights do not fit architecture {meta.architecture}: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        with torch.device("meta"):
+            _load_into(build_module(meta), state, meta, "the module's weights", assign=True)
         (tmp / METADATA_FILE).write_text(json.dumps(meta.raw, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)
     except BaseException:

@@ -12,7 +12,7 @@ In this order:
    that label's largest piece that touch the other lung take the other lung's label
    (mislabelled islands); others stay (lung cut off by a lesion is still lung).
 4. **Lesions in the lungs.** Lesion voxels farther than ``lesion_margin_mm`` from the
-   lungs (labels 1 and 2) are removed: a lesion borders aerated lung, while dense
+   lungs (labels 1 and 2; measured on ~2.5 mm blocks, so up to one block more lenient) are removed: a lesion borders aerated lung, while dense
    voxels far outside it are chest wall, heart or bowel.
 
 The work happens in the bounding box of the labels (plus the margin), so the cost
@@ -62,6 +62,25 @@ def _drop_small_pieces(region: np.ndarray, min_fraction: float) -> tuple[np.ndar
     keep = sizes >= min_fraction * sizes.max()
     keep[0] = False
     return keep[lab], int(n - keep.sum())
+
+
+def _farther_than(mask: np.ndarray, spacing_zyx, distance_mm: float, block_mm: float = 2.5) -> np.ndarray:
+    """Voxels farther than about ``distance_mm`` from ``mask``.
+
+    The distance transform runs on blocks of about ``block_mm`` (a block counts if any voxel
+    of it is in ``mask``), which is ~ 20x cheaper than at 0.7 mm and errs by less than one
+    block towards keeping voxels: fine for a margin, not for measurement.
+    """
+    f = [max(1, int(block_mm // s)) for s in spacing_zyx]
+    shape = mask.shape
+    padded = np.pad(mask, [(0, (-n) % k) for n, k in zip(shape, f, strict=True)])
+    blocks = padded.reshape(padded.shape[0] // f[0], f[0], padded.shape[1] // f[1], f[1],
+                            padded.shape[2] // f[2], f[2]).any(axis=(1, 3, 5))
+    far = ndi.distance_transform_edt(~blocks, sampling=[s * k for s, k in zip(spacing_zyx, f, strict=True)])
+    far = far > distance_mm
+    for axis, k in enumerate(f):
+        far = np.repeat(far, k, axis=axis) if k > 1 else far
+    return far[: shape[0], : shape[1], : shape[2]]
 
 
 def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
@@ -128,9 +147,7 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
     lungs = (sub == LEFT_LUNG) | (sub == RIGHT_LUNG)
     if restrict_lesions and (sub == LESION).any():
         if lungs.any():
-            far = ndi.distance_transform_edt(~lungs, sampling=spacing_zyx) > lesion_margin_mm
-            outside = (sub == LESION) & far
-            del far
+            outside = (sub == LESION) & _farther_than(lungs, spacing_zyx, lesion_margin_mm)
         else:
             outside = sub == LESION
         if outside.any():

@@ -75,16 +75,17 @@ def probabilities_to_labels(probs: np.ndarray, grid: sitk.Image, target: sitk.Im
     shape = target.GetSize()[::-1]
     best = np.full(shape, -1.0, dtype=np.float32)
     arg = np.zeros(shape, dtype=np.uint8)
+    better = np.empty(shape, dtype=bool)
     for c in range(probs.shape[0]):
         src = sitk.GetImageFromArray(np.ascontiguousarray(probs[c], dtype=np.float32))
         src.CopyInformation(grid)
         outside = 1.0 if channel_labels[c] == BACKGROUND else 0.0
         res = sitk.Resample(src, target, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
         p = sitk.GetArrayViewFromImage(res)
-        better = p > best
-        best[better] = p[better]
-        arg[better] = c
-        del res, p, better
+        np.greater(p, best, out=better)
+        np.copyto(best, p, where=better)  # copyto(where=) avoids the temporaries of fancy indexing
+        np.copyto(arg, np.uint8(c), where=better)
+        del res, p
     lut = np.zeros(max(channel_labels) + 1, dtype=np.uint8)
     for c, value in channel_labels.items():
         lut[c] = value

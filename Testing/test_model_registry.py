@@ -1,0 +1,207 @@
+"""Model folders and the registry: install/list/verify/resolve/load, sha256 refusals, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from CovidCTAnalysisLib import cli_models
+from CovidCTAnalysisLib.device import select_device
+from CovidCTAnalysisLib.errors import InputError, ModelError, OutputError
+from CovidCTAnalysisLib.model_folder import load_model_folder
+from CovidCTAnalysisLib.model_metadata import METADATA_FILE, WEIGHTS_FILE
+from CovidCTAnalysisLib.model_registry import ModelRegistry, default_models_dir, save_model_folder, version_key
+from CovidCTAnalysisLib.networks import build_segmenter, sha256_file
+
+TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+
+
+def seg_metadata(mid: str = "seg-test", version: str = "0.1.0", demo: bool = True, **extra) -> dict:
+    meta = {
+        "id": mid, "version": version, "task": "segmentation",
+        "architecture": {"name": "monai.UNet", "kwargs": {"n_labels": 4, **TINY}},
+        "trained_on": "nothing: untrained test network", "intended_use": "Research use, not for diagnosis.",
+        "preprocessing": {"spacing_mm": [4.0, 4.0, 4.0], "roi_size": [16, 16, 16]},
+        "labels": {"0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"},
+        "eval_metrics": {"dice_lesion": 0.5}, "demo": demo,
+    }
+    meta.update(extra)
+    return meta
+
+
+def tiny_segmenter(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_segmenter(4, channels=(4, 8), strides=(2,), num_res_units=0)
+
+
+def make_folder(path: Path, seed: int = 0, **meta) -> Path:
+    save_model_folder(tiny_segmenter(seed), seg_metadata(**meta), path)
+    return path
+
+
+def tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # flip bits of the last tensor byte: still valid safetensors, other weights
+    path.write_bytes(bytes(data))
+
+
+def test_save_model_folder_records_sha256_and_refuses_overwrite(tmp_path):
+    folder = tmp_path / "m"
+    meta = save_model_folder(tiny_segmenter(), seg_metadata(), folder)
+    assert meta.sha256 == sha256_file(folder / WEIGHTS_FILE)
+    on_disk = json.loads((folder / METADATA_FILE).read_text())
+    assert on_disk["sha256"] == meta.sha256 and on_disk["pytorch_version"] == torch.__version__
+    with pytest.raises(OutputError, match="exists"):
+        save_model_folder(tiny_segmenter(1), seg_metadata(), folder)
+    meta2 = save_model_folder(tiny_segmenter(1), seg_metadata(), folder, force=True)
+    assert meta2.sha256 != meta.sha256 == meta.sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folders left
+
+
+def test_save_model_folder_refuses_weights_that_do_not_fit(tmp_path):
+    other = build_segmenter(4, channels=(8, 16), strides=(2,), num_res_units=0)
+    with pytest.raises(ModelError, match="do not fit"):
+        save_model_folder(other, seg_metadata(), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_model_folder_refuses_incomplete_metadata(tmp_path):
+    meta = seg_metadata()
+    del meta["trained_on"]
+    with pytest.raises(ModelError, match="trained_on"):
+        save_model_folder(tiny_segmenter(), meta, tmp_path / "a")
+    with pytest.raises(ModelError, match="spacing_mm"):
+        save_model_folder(tiny_segmenter(), seg_metadata(preprocessing={"roi_size": [16, 16, 16]}), tmp_path / "b")
+    with pytest.raises(ModelError, match="not for diagnosis"):
+        save_model_folder(tiny_segmenter(), seg_metadata(intended_use="clinical use"), tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_list_verify_resolve_load(tmp_path):
+    src = make_folder(tmp_path / "src")
+    reg = ModelRegistry(tmp_path / "reg")
+    meta = reg.install(src)
+    assert (tmp_path / "reg" / "seg-test" / "0.1.0" / WEIGHTS_FILE).is_file()
+    assert [m.id for m in reg.list()] == ["seg-test"]
+    assert [(m.id, ok) for m, ok, _ in reg.verify()] == [("seg-test", True)]
+    assert reg.resolve("segmentation").sha256 == meta.sha256
+    assert reg.resolve("segmentation", "seg-test").version == "0.1.0"
+    assert reg.resolve("segmentation", "seg-test@0.1.0").version == "0.1.0"
+    with pytest.raises(ModelError, match="installed versions: 0.1.0"):
+        reg.resolve("segmentation", "seg-test@9.9.9")
+    with pytest.raises(ModelError, match="is a segmentation model"):
+        reg.resolve("classification", "seg-test")
+    loaded = reg.load(None, task="segmentation")
+    assert not loaded.module.training
+    ref = tiny_segmenter().state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in loaded.module.state_dict().items())
+    assert reg.install(src).sha256 == meta.sha256  # the same model again is a no-op
+
+
+def test_missing_models_say_how_to_get_them(tmp_path):
+    reg = ModelRegistry(tmp_path / "empty")
+    for call in (lambda: reg.resolve("classification"), lambda: reg.load(None, task="segmentation"),
+                 lambda: reg.resolve("segmentation", "nope@1.0")):
+        with pytest.raises(ModelError) as err:
+            call()
+        assert "make demo" in str(err.value) and "covidct models install" in str(err.value)
+        assert str(tmp_path / "empty") in str(err.value)
+
+
+def test_resolve_prefers_highest_non_demo_then_demo(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.install(make_folder(tmp_path / "d", mid="seg-demo", version="3.0.0", demo=True))
+    assert reg.resolve("segmentation").id == "seg-demo"
+    reg.install(make_folder(tmp_path / "a", seed=1, mid="seg-real", version="0.9.0", demo=False))
+    reg.install(make_folder(tmp_path / "b", seed=2, mid="seg-real", version="0.10.0", demo=False))
+    chosen = reg.resolve("segmentation")
+    assert (chosen.id, chosen.version) == ("seg-real", "0.10.0")  # 0.10 > 0.9, and demo is never preferred
+    assert reg.resolve("segmentation", "seg-real").version == "0.10.0"
+    assert version_key("1.10.0") > version_key("1.9.2") > version_key("1.9.2-rc1")
+
+
+def test_install_refuses_tampered_source(tmp_path):
+    src = make_folder(tmp_path / "src")
+    tamper(src / WEIGHTS_FILE)
+    reg = ModelRegistry(tmp_path / "reg")
+    with pytest.raises(ModelError, match="sha256"):
+        reg.install(src)
+    assert reg.list() == []
+
+
+def test_load_refuses_weights_tampered_after_install(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    meta = reg.install(make_folder(tmp_path / "src"))
+    tamper(reg.folder(meta) / WEIGHTS_FILE)
+    with pytest.raises(ModelError, match="sha256"):
+        reg.load(meta)
+    with pytest.raises(ModelError, match="sha256"):
+        load_model_folder(reg.folder(meta))
+    [(_, ok, message)] = reg.verify()
+    assert not ok and "sha256" in message
+
+
+def test_install_refuses_other_weights_under_same_version_unless_forced(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    first = reg.install(make_folder(tmp_path / "a", seed=0))
+    second_src = make_folder(tmp_path / "b", seed=1)
+    with pytest.raises(ModelError, match="already installed"):
+        reg.install(second_src)
+    assert reg.resolve("segmentation").sha256 == first.sha256
+    second = reg.install(second_src, force=True)
+    assert reg.resolve("segmentation").sha256 == second.sha256 != first.sha256
+
+
+def test_install_refuses_metadata_missing_fields(tmp_path):
+    src = make_folder(tmp_path / "src")
+    raw = json.loads((src / METADATA_FILE).read_text())
+    del raw["eval_metrics"]
+    (src / METADATA_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="eval_metrics"):
+        ModelRegistry(tmp_path / "reg").install(src)
+
+
+def test_default_models_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(tmp_path / "x"))
+    assert default_models_dir() == tmp_path / "x"
+    assert ModelRegistry().root == tmp_path / "x"
+    monkeypatch.delenv("COVIDCT_MODELS_DIR")
+    assert default_models_dir() == Path.home() / ".cache" / "covidct" / "models"
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    cli_models.add_parser(parser.add_subparsers(dest="command"))
+    return cli_models.run(parser.parse_args(argv))
+
+
+def test_cli_models_list_install_verify(tmp_path, capsys):
+    reg_dir = str(tmp_path / "reg")
+    assert _cli(["models", "list", "--models-dir", reg_dir]) == 0
+    assert "none" in capsys.readouterr().out
+    src = make_folder(tmp_path / "src")
+    assert _cli(["models", "--models-dir", reg_dir, "install", str(src)]) == 0
+    assert "sha256 verified" in capsys.readouterr().out
+    assert _cli(["models", "list", "--models-dir", reg_dir]) == 0
+    out = capsys.readouterr().out
+    assert "seg-test@0.1.0" in out and "DEMO" in out and "untrained test network" in out
+    assert _cli(["models", "verify", "--models-dir", reg_dir]) == 0
+    tamper(tmp_path / "reg" / "seg-test" / "0.1.0" / WEIGHTS_FILE)
+    assert _cli(["models", "verify", "--models-dir", reg_dir]) == ModelError.exit_code
+    assert "FAIL seg-test@0.1.0" in capsys.readouterr().out
+    tamper(src / WEIGHTS_FILE)
+    assert _cli(["models", "install", str(src), "--models-dir", str(tmp_path / "r2")]) == ModelError.exit_code
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="expected one of"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            select_device("cuda")
