@@ -72,6 +72,10 @@ class Anatomy:
             rib_top=float(rng.uniform(128.0, 138.0)),
         )
 
+    def heart_radius(self, x, y, z):
+        """Normalized heart ellipsoid radius (1 on the heart's surface)."""
+        return ellipsoid_radius(x, y, z, self.heart_centre, self.heart_radii, self.heart_rotation)
+
     # --- shapes shared by the renderer, the vessel growth and the lesion placement ----------
 
     def lung_centre_x(self, label: int) -> float:
@@ -91,8 +95,11 @@ class Anatomy:
         dome = self.dome_left if label == LEFT_LUNG else self.dome_right
         return dome - 38.0 * rr - 22.0 * np.clip((y - 8.0) / 90.0, 0.0, 1.0)
 
-    def lung_side(self, x, y, z) -> np.ndarray:
-        """0 outside the lungs, 1 (left) or 2 (right) inside; broadcasts over x, y, z."""
+    def lung_side(self, x, y, z, heart: bool = True) -> np.ndarray:
+        """0 outside the lungs, 1 (left) or 2 (right) inside; broadcasts over x, y, z.
+
+        ``heart=False`` skips carving out the heart (the renderer does that inside the heart's box).
+        """
         ax, ay = self.ribcage_axes(z)
         cav = (x / (ax - 9.0)) ** 2 + ((y - 8.0) / (ay - 9.0)) ** 2 < 1.0
         # the mediastinum is wide above the heart (great vessels, trachea) and behind it (spine, aorta)
@@ -100,13 +107,14 @@ class Anatomy:
         half = np.maximum(half, np.where(y > 42.0, 31.0, 0.0))
         taper = np.sqrt(np.clip(1.0 - ((np.maximum(z, 40.0) - 40.0) / (self.apex - 40.0)) ** 2, 0.0, 1.0))
         widen = np.clip(1.0 - 0.0012 * z, 0.85, 1.12)
-        heart = ellipsoid_radius(x, y, z, self.heart_centre, self.heart_radii, self.heart_rotation) < 1.08
+        if heart:
+            cav = cav & (self.heart_radius(x, y, z) >= 1.08)
         out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.uint8)
         for label, sign in ((LEFT_LUNG, 1.0), (RIGHT_LUNG, -1.0)):
             width = self.lung_half_width[0 if label == LEFT_LUNG else 1]
             ell = ((x - sign * 72.0) / width) ** 2 / widen**2 + ((y - 8.0) / 97.0) ** 2 < taper**2
             inside = ell & (sign * (x - MEDIASTINUM_X) > half) & (z > self.diaphragm(label, x, y))
-            out[inside & cav & ~heart] = label
+            out[inside & cav] = label
         return out
 
 
@@ -146,29 +154,38 @@ def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
         cavity = rho < ((ax - 9.0) / ax) ** 2
         cavity &= body
         hu[cavity] = FAT_HU + 10.0  # mediastinal fat, overdrawn by organs below
-        lungs = anat.lung_side(xs, ys, zs)
+        lungs = anat.lung_side(xs, ys, zs, heart=False)
         canvas.label[sl] = lungs
         in_lung = lungs > 0
         tex = texture.from_planes(planes, zs.ravel())
         hu[in_lung] = (lung_base + 18.0 * tex)[in_lung]
         _paint_ribs(hu, canvas.label[sl], anat, xs, ys, zs, rho, ax, ay)
+    r = max(anat.heart_radii) * 1.1
+    box = canvas.box(np.subtract(anat.heart_centre, r), np.add(anat.heart_centre, r))
+    if box is not None:
+        sl, x, y, z = box
+        canvas.label[sl][anat.heart_radius(x, y, z) < 1.08] = 0
 
 
 def _paint_ribs(hu, label, anat: Anatomy, x, y, z, rho, ax, ay) -> None:
     # Each rib runs round the chest wall and drops ~45 mm from the spine to the front.
+    # Only voxels of the thin shell that holds the ribs are evaluated.
     radius_mm = 0.5 * (ax + ay)
-    dr = (np.sqrt(rho) - 1.0) * radius_mm + 5.0  # 0 at the rib's centre line, 5 mm inside the rib cage outline
-    sin_t = (y - 8.0) / np.sqrt(x**2 + (y - 8.0) ** 2 + 1e-6)
+    dr = (np.sqrt(rho) - 1.0) * radius_mm + 5.0  # 0 on the ribs' centre line, 5 mm inside the rib cage outline
+    zi, yi, xi = np.nonzero(np.abs(dr) < 4.5)
+    dr = dr[zi, yi, xi]
+    xs, ys, zs = x.ravel()[xi], y.ravel()[yi] - 8.0, z.ravel()[zi]
+    sin_t = ys / np.sqrt(xs**2 + ys**2 + 1e-6)
     drop = 45.0 * (1.0 - sin_t) / 2.0
-    u = (anat.rib_top - drop - z) / anat.rib_pitch
+    u = (anat.rib_top - drop - zs) / anat.rib_pitch
     index = np.round(u)
     dz = (u - index) * anat.rib_pitch
     e = (dr / 4.5) ** 2 + (dz / 6.0) ** 2
-    rib = (e < 1.0) & (index >= 0) & (index <= 11) & (np.abs(x) > 24.0)
-    cartilage = rib & (sin_t < -0.75)
-    label[rib] = 0
-    hu[rib] = np.where(e > 0.45, CORTICAL_HU, CANCELLOUS_HU)[rib]
-    hu[cartilage] = CARTILAGE_HU
+    rib = (e < 1.0) & (index >= 0) & (index <= 11) & (np.abs(xs) > 24.0)
+    values = np.where(sin_t < -0.75, CARTILAGE_HU, np.where(e > 0.45, CORTICAL_HU, CANCELLOUS_HU))
+    zi, yi, xi = zi[rib], yi[rib], xi[rib]
+    label[zi, yi, xi] = 0
+    hu[zi, yi, xi] = values[rib]
 
 
 def _paint_spine_and_sternum(canvas: Canvas) -> None:

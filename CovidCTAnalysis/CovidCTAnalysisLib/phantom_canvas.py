@@ -90,30 +90,28 @@ class SmoothField:
         i0 = np.minimum(np.floor(t).astype(np.int64), self.n[axis] - 2)
         return i0, (t - i0).astype(np.float32)
 
-    def _dense(self, axis: int, coords: np.ndarray) -> np.ndarray:
-        i0, f = self._weights(axis, coords)
-        w = np.zeros((i0.size, self.n[axis]), dtype=np.float32)
-        rows = np.arange(i0.size)
-        w[rows, i0] = 1.0 - f
-        w[rows, i0 + 1] = f
-        return w
+    def plane_stack(self, x: np.ndarray, y: np.ndarray, z_rows: slice = slice(None)) -> np.ndarray:
+        """The field interpolated in x and y for each coarse z plane (of ``z_rows``): (Gz, ny, nx)."""
+        ix, fx = self._weights(0, x)
+        iy, fy = self._weights(1, y)
+        data = self.data[z_rows]
+        f = data[:, :, ix] * (1.0 - fx) + data[:, :, ix + 1] * fx  # (Gz, Gy, nx)
+        fy = fy[None, :, None]
+        return f[:, iy, :] * (1.0 - fy) + f[:, iy + 1, :] * fy
 
-    def plane_stack(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The field interpolated in x and y for every coarse z plane: (Gz, ny, nx)."""
-        wx = self._dense(0, x)
-        wy = self._dense(1, y)
-        f = self.data @ wx.T  # (Gz, Gy, nx)
-        return np.einsum("yb,abx->ayx", wy, f, optimize=True)
-
-    def from_planes(self, planes: np.ndarray, z: np.ndarray) -> np.ndarray:
+    def from_planes(self, planes: np.ndarray, z: np.ndarray, first_row: int = 0) -> np.ndarray:
         """Finish the interpolation along z for the planes of :meth:`plane_stack`."""
         i0, f = self._weights(2, z)
+        i0 = i0 - first_row
         f = f[:, None, None]
         return planes[i0] * (1.0 - f) + planes[i0 + 1] * f
 
     def sample(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Field on the grid spanned by 1-D (or broadcast) x, y, z vectors: (nz, ny, nx)."""
-        return self.from_planes(self.plane_stack(x, y), z)
+        iz, _ = self._weights(2, z)
+        first = int(iz.min())
+        planes = self.plane_stack(x, y, slice(first, int(iz.max()) + 2))
+        return self.from_planes(planes, z, first)
 
 
 def tube_weight(x, y, z, a, b, ra: float, rb: float, soft_mm: float) -> np.ndarray:
