@@ -7,6 +7,7 @@ a tilted gantry, uneven spacing, nothing at all, or files that are not DICOM.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def _cli_main():
 @pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
 def test_bad_folder_cli_nonzero_exit_no_outputs(tmp_path, case, capsys):
     main = _cli_main()
-    make, _ = BAD_FOLDERS[case]
+    make, message = BAD_FOLDERS[case]
     make(tmp_path / case)
     out = tmp_path / "out"
     rc = main(["analyze", str(tmp_path / case), "--output-dir", str(out), "--method", "threshold",
@@ -110,4 +111,17 @@ def test_bad_folder_cli_nonzero_exit_no_outputs(tmp_path, case, capsys):
     assert rc == InputError.exit_code
     assert not out.exists() or not any(out.iterdir())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp folder left behind
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err and re.search(message, err)
+
+
+def test_good_folder_cli_succeeds(tmp_path, capsys):
+    """Control for the CLI cases: the unchanged series is analysed (exit 0, outputs written)."""
+    main = _cli_main()
+    pytest.importorskip("CovidCTAnalysisLib.lesions_threshold", reason="the threshold method is being built")
+    _good(tmp_path / "good")
+    out = tmp_path / "out"
+    rc = main(["analyze", str(tmp_path / "good"), "--output-dir", str(out), "--method", "threshold",
+               "--progress", "none"])
+    assert rc == 0, capsys.readouterr().err
+    assert {"report.json", "labelmap.nii.gz", "segmentation.dcm"} <= {p.name for p in out.iterdir()}

@@ -219,3 +219,48 @@ def test_real_p001_repaired_seg_valid(shared_data, tmp_path, strict_pydicom):
     result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "segmentation.dcm", [MODEL])
     assert result.written
     _check_with_all_readers(result.path, volume, labelmap, tmp_path, [1, 2, 3])
+
+
+# --- End to end: covidct analyze on a DICOM folder --------------------------------------------------------------
+
+def _analyze(args: list[str]) -> int:
+    try:
+        from CovidCTAnalysisLib.cli import main
+    except ImportError as exc:
+        pytest.skip(f"covidct CLI not importable yet: {exc}")
+    pytest.importorskip("CovidCTAnalysisLib.lesions_threshold", reason="the threshold method is being built")
+    return main(["analyze", *args, "--method", "threshold", "--progress", "none"])
+
+
+def test_covidct_analyze_dicom_writes_valid_seg(tmp_path, strict_pydicom):
+    image, _ = chest_volume(seed=23)
+    write_dicom_series(image, tmp_path / "ct")
+    out = tmp_path / "out"
+    assert _analyze([str(tmp_path / "ct"), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dicom_seg"]["written"] is True and (out / "segmentation.dcm").is_file()
+    volume = load_dicom_series(tmp_path / "ct")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelmap.nii.gz")))
+    present = [v for v in (1, 2, 3) if (labels == v).any()]
+    assert present[:2] == [1, 2]  # both lungs found by the threshold method
+    _check_with_all_readers(out / "segmentation.dcm", volume, labelmap_like(labels, volume.image), tmp_path, present)
+
+
+def test_covidct_analyze_unreferenceable_dicom(tmp_path):
+    image, _ = chest_volume(seed=24)
+    write_dicom_series(image, tmp_path / "anon")
+    edit_series(tmp_path / "anon", SOPInstanceUID="", FrameOfReferenceUID=None)
+    out = tmp_path / "out"
+    assert _analyze([str(tmp_path / "anon"), "--output-dir", str(out)]) == 0  # analysed; SEG skipped
+    report = json.loads((out / "report.json").read_text())
+    assert report["dicom_seg"]["written"] is False
+    assert "SOPInstanceUID is blank on 20 of 20" in report["dicom_seg"]["reason"]
+    assert "FrameOfReferenceUID is missing" in report["dicom_seg"]["reason"]
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "labelmap.nii.gz", "segmentation.seg.nrrd", "preview.png"} <= names
+    assert "segmentation.dcm" not in names
+    # --dicom-seg required turns this into a non-zero exit, with nothing written.
+    out2 = tmp_path / "out2"
+    assert _analyze([str(tmp_path / "anon"), "--output-dir", str(out2), "--dicom-seg", "required"]) == \
+        DicomSegError.exit_code
+    assert not out2.exists() or not any(out2.iterdir())
