@@ -151,11 +151,30 @@ def test_labelmap_off_the_source_grid_is_refused(phantom_series, tmp_path):
     volume, labelmap = phantom_series
     shifted = sitk.Image(labelmap)
     shifted.SetOrigin([o + 2.0 for o in labelmap.GetOrigin()])
-    with pytest.raises(DicomSegError, match="expected the labelmap on the source grid"):
+    with pytest.raises(DicomSegError, match="does not lie on the source series grid"):
         write_dicom_seg(shifted, volume.dicom, tmp_path / "seg.dcm", [MODEL])
-    with pytest.raises(DicomSegError, match="does not match the source series"):
+    with pytest.raises(DicomSegError, match="does not lie on the source series grid"):
         write_dicom_seg(labelmap[:, :, 1:], volume.dicom, tmp_path / "seg.dcm", [MODEL])
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_labelmap_in_reversed_slice_order_is_reindexed(phantom_series, tmp_path, strict_pydicom):
+    """Same voxels stored with z reversed (as a viewer may): exported exactly, frames still matched by position."""
+    volume, labelmap = phantom_series
+    n = labelmap.GetSize()[2]
+    flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(labelmap)[::-1].copy())
+    flipped.SetSpacing(labelmap.GetSpacing())
+    flipped.SetOrigin(labelmap.TransformIndexToPhysicalPoint((0, 0, n - 1)))
+    d = np.array(labelmap.GetDirection()).reshape(3, 3)
+    d[:, 2] *= -1
+    flipped.SetDirection(tuple(d.ravel()))
+    result = write_dicom_seg(flipped, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    seg = hd.seg.segread(result.path)
+    pixels = seg.get_pixels_by_source_instance(list(volume.dicom.sop_instance_uids), segment_numbers=[1, 2, 3],
+                                               assert_missing_frames_are_empty=True)
+    labels = sitk.GetArrayFromImage(labelmap)
+    for n_seg, value in ((1, 1), (2, 2), (3, 3)):
+        np.testing.assert_array_equal(pixels[..., n_seg - 1] > 0, labels == value)
 
 
 def test_badly_anonymised_source_loads_but_no_seg(tmp_path, caplog):

@@ -135,8 +135,7 @@ def write_dicom_seg(
         log.warning("DICOM SEG not written: %s", reason)
         return SegWriteResult(False, reason, None, 0, ())
     datasets = [_read_source(f) for f in source.instance_files]
-    _check_grid(labelmap, datasets)
-    labels = sitk.GetArrayFromImage(labelmap)  # (z, y, x) == (frames, rows, columns)
+    labels = sitk.GetArrayFromImage(_on_source_grid(labelmap, datasets))  # (z, y, x) == (frames, rows, columns)
     present = [v for v in LABEL_NAMES if np.any(labels == v)]
     empty = tuple(LABEL_NAMES[v] for v in LABEL_NAMES if v not in present)
     if not present:
@@ -226,27 +225,58 @@ def _model_info(model: Any) -> dict[str, Any]:
     return raw
 
 
-def _check_grid(labelmap: sitk.Image, datasets: list[pydicom.Dataset]) -> None:
-    """The labelmap's slice k must lie where source instance k lies (positions, orientation, size)."""
-    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
-    expected = (cols, rows, len(datasets))
-    if labelmap.GetSize() != expected:
-        raise DicomSegError(f"labelmap size {labelmap.GetSize()} does not match the source series "
-                            f"(columns, rows, slices) {expected}; expected a labelmap on the source grid")
-    spacing = np.array(labelmap.GetSpacing(), dtype=float)
-    tol = POSITION_TOLERANCE * float(spacing.min())
-    direction = np.array(labelmap.GetDirection(), dtype=float).reshape(3, 3)
-    iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
-    if not np.allclose(direction[:, 0], iop[:3], atol=1e-4) or not np.allclose(direction[:, 1], iop[3:], atol=1e-4):
-        raise DicomSegError("labelmap orientation does not match the source ImageOrientationPatient; expected a "
-                            "labelmap on the source grid")
-    for k, ds in enumerate(datasets):
-        where = np.array(labelmap.TransformIndexToPhysicalPoint((0, 0, k)), dtype=float)
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        if np.linalg.norm(where - ipp) > tol:
-            raise DicomSegError(f"labelmap slice {k} lies at {where.round(3).tolist()} but source instance {k} at "
-                                f"{ipp.round(3).tolist()} (mm); expected the labelmap on the source grid, ordered "
-                                "like the source instances")
+def _source_grid(datasets: list[pydicom.Dataset]) -> sitk.Image:
+    """An empty uint8 image on the source series' grid (instance k at z index k)."""
+    first = datasets[0]
+    iop = np.array([float(v) for v in first.ImageOrientationPatient])
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    n = len(datasets)
+    dz = float((positions[-1] - positions[0]) @ normal) / (n - 1) if n > 1 else float(first.get("SliceThickness") or 1)
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    grid = sitk.Image(int(first.Columns), int(first.Rows), n, sitk.sitkUInt8)
+    grid.SetOrigin(tuple(positions[0]))
+    grid.SetSpacing((col_spacing, row_spacing, dz))
+    grid.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
+    for k in range(n):
+        where = np.array(grid.TransformIndexToPhysicalPoint((0, 0, k)))
+        if np.linalg.norm(where - positions[k]) > POSITION_TOLERANCE * min(row_spacing, col_spacing, abs(dz)):
+            raise DicomSegError(f"source instance {k} lies off a regular grid ({positions[k].round(3).tolist()} mm "
+                                f"instead of {where.round(3).tolist()}); expected the instances of a regular series "
+                                "ordered along the slice normal")
+    return grid
+
+
+def _on_source_grid(labelmap: sitk.Image, datasets: list[pydicom.Dataset]) -> sitk.Image:
+    """The labelmap indexed like the source (z index k = instance k).
+
+    A labelmap on the same voxels in another index order (e.g. z reversed, as a
+    viewer may store it) is re-indexed exactly (nearest neighbour on coinciding
+    voxel centres); anything else is refused with ``DicomSegError``.
+    """
+    grid = _source_grid(datasets)
+    tol = POSITION_TOLERANCE  # in voxels
+    size = np.array(labelmap.GetSize())
+    corners = [np.array(labelmap.TransformPhysicalPointToContinuousIndex(grid.TransformIndexToPhysicalPoint(
+        (int(i), int(j), int(k))))) for i in (0, grid.GetWidth() - 1) for j in (0, grid.GetHeight() - 1)
+        for k in (0, grid.GetDepth() - 1)]
+    steps = [np.array(labelmap.TransformPhysicalPointToContinuousIndex(grid.TransformIndexToPhysicalPoint(idx)))
+             for idx in ((1, 0, 0), (0, 1, 0), (0, 0, 1))] if min(grid.GetSize()) > 1 else []
+    aligned = all(np.all(np.abs(c - np.rint(c)) < tol) for c in corners + steps)
+    inside = all(np.all((c > -tol) & (c < size - 1 + tol)) for c in corners)
+    if not (aligned and inside):
+        raise DicomSegError(f"labelmap (size {labelmap.GetSize()}, origin {np.round(labelmap.GetOrigin(), 3).tolist()}, "
+                            f"spacing {np.round(labelmap.GetSpacing(), 3).tolist()}) does not lie on the source series "
+                            f"grid (size {grid.GetSize()}, origin {np.round(grid.GetOrigin(), 3).tolist()}, spacing "
+                            f"{np.round(grid.GetSpacing(), 3).tolist()}); expected the labelmap on the source grid")
+    same_order = (labelmap.GetSize() == grid.GetSize()
+                  and np.allclose(corners[0], 0, atol=tol) and np.allclose(corners[-1], size - 1, atol=tol)
+                  and np.allclose(labelmap.GetDirection(), grid.GetDirection(), atol=1e-4))
+    if same_order:
+        return labelmap
+    log.info("DICOM SEG: labelmap re-indexed onto the source grid (same voxels, different index order)")
+    return sitk.Resample(labelmap, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 # Patient and General Study attributes of Type 2: a SEG must carry them (empty if unknown).
