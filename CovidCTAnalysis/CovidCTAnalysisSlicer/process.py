@@ -22,6 +22,7 @@ from .progress_events import ProgressEvent, parseProgressLine
 
 SEGMENT_POLICIES = ("auto", "always")
 DEVICES = ("auto", "cpu", "cuda")
+METHODS = ("model", "threshold")
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,15 @@ class AnalyzeOptions:
     reference: str = ""  # labelmap file in the core's label convention
     referenceLabels: str = ""
     force: bool = True  # the output folder is a fresh temp folder owned by the run
+    method: str = "model"  # "threshold": HU thresholds, no classification (needs no trained model)
 
     def __post_init__(self) -> None:
         if self.segment not in SEGMENT_POLICIES:
             raise ValueError(f"segment policy {self.segment!r} is not one of {SEGMENT_POLICIES}")
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r} is not one of {DEVICES}")
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {METHODS}")
 
 
 def buildAnalyzeCommand(pythonExecutable: str, inputPath: str | Path, outputDir: str | Path,
@@ -50,6 +54,8 @@ def buildAnalyzeCommand(pythonExecutable: str, inputPath: str | Path, outputDir:
     command = [str(pythonExecutable), "-m", "CovidCTAnalysisLib.cli", "analyze", str(inputPath),
                "--output-dir", str(outputDir), "--progress", "json",
                "--segment", options.segment, "--device", options.device]
+    if options.method != "model":
+        command += ["--method", options.method]
     if options.classifier:
         command += ["--classifier", options.classifier]
     if options.segmenter:
@@ -141,6 +147,9 @@ class AnalysisProcess:
     def _record(self, event: ProgressEvent) -> None:
         from .progress_events import formatLogLine
 
+        if event.kind == "output" and event.stream == "stderr" and self.errorMessage \
+                and event.message == f"error: {self.errorMessage}":
+            return  # the CLI repeats its protocol error on stderr; the log shows it once
         self.logLines.append(formatLogLine(event))
         if event.fraction is not None and event.kind == "step":
             self.fraction = event.fraction

@@ -131,6 +131,8 @@ def referenceLabelmapFromSegmentationNode(segmentationNode, referenceVolumeNode)
     matches = matchReferenceSegments(segmentationNode)
     reference = sitkImageFromVolumeNode(referenceVolumeNode)
     combined = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    # The export adds helper nodes (a labelmap, its display node, a colour table); all are removed after.
+    existing = _nodeIds(scene)
     labelmapNode = slicer.vtkMRMLLabelMapVolumeNode()
     labelmapNode.SetHideFromEditors(True)
     scene.AddNode(labelmapNode)
@@ -147,9 +149,8 @@ def referenceLabelmapFromSegmentationNode(segmentationNode, referenceVolumeNode)
             mask = sitk.GetArrayFromImage(sitkImageFromVolumeNode(labelmapNode)) > 0
             combined[mask] = label
     finally:
-        for index in reversed(range(labelmapNode.GetNumberOfDisplayNodes())):
-            scene.RemoveNode(labelmapNode.GetNthDisplayNode(index))
-        scene.RemoveNode(labelmapNode)
+        for nodeId in reversed([i for i in _nodeIds(scene) if i not in existing]):
+            scene.RemoveNode(scene.GetNodeByID(nodeId))
     out = sitk.GetImageFromArray(combined)
     out.CopyInformation(reference)
     return out
@@ -182,6 +183,10 @@ def segmentationNodeFromLabelmap(scene, labelmap: sitk.Image, name: str, referen
     if referenceVolumeNode is not None:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
     return segmentationNode
+
+
+def _nodeIds(scene) -> list[str]:
+    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
 
 
 def _removeVolumeNode(scene, volumeNode) -> None:
