@@ -33,26 +33,42 @@ SIDE_MARGIN_MM = 20.0  # how far around the lesions lung voxels are looked for
 SIDE_MAX_CELLS = 8_000_000  # cap on the search grid (memory: 3 int32 indices per cell)
 
 
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Tight (z, y, x) slices around the True voxels of ``mask``; None when empty."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        if hit.size == 0:
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)
+
+
 def segment_statistics(image: sitk.Image, labelmap: sitk.Image) -> list[dict]:
     """Per segment (1, 2, 3): name, label, n_voxels, volume_ml, mean_hu, sd_hu, n_components.
 
-    ``mean_hu``/``sd_hu`` are None for an empty segment. ``n_components`` counts
-    26-connected components (for the lesion label: the number of separate lesions).
+    ``mean_hu``/``sd_hu`` (sample SD) are None for an empty segment. ``n_components``
+    counts 26-connected components (for the lesion label: the number of separate
+    lesions). Work is done inside the labelled voxels' bounding box only.
     """
-    stats = sitk.LabelStatisticsImageFilter()
-    stats.Execute(sitk.Cast(image, sitk.sitkFloat32), labelmap)
-    present = set(stats.GetLabels())
+    lab = sitk.GetArrayViewFromImage(labelmap)
+    ct = sitk.GetArrayViewFromImage(image)
     vml = voxel_volume_ml(labelmap)
+    box = _bbox(lab > 0)
     out = []
     for label, name in LABEL_NAMES.items():
-        n = int(stats.GetCount(label)) if label in present else 0
-        if n:
-            mask = sitk.BinaryThreshold(labelmap, label, label, 1, 0)
-            cc = sitk.ConnectedComponent(mask, True)
-            n_comp = int(sitk.GetArrayViewFromImage(cc).max())
-            mean, sd = float(stats.GetMean(label)), float(stats.GetSigma(label))
-        else:
-            n_comp, mean, sd = 0, None, None
+        n, n_comp, mean, sd = 0, 0, None, None
+        if box is not None:
+            sel = lab[box] == label
+            n = int(np.count_nonzero(sel))
+            if n:
+                values = ct[box][sel].astype(np.float64)
+                mean = float(values.mean())
+                sd = float(values.std(ddof=1)) if n > 1 else 0.0
+                inner = _bbox(sel)
+                mask = sitk.GetImageFromArray(sel[inner].astype(np.uint8))
+                components = sitk.ConnectedComponent(mask, True)  # keep a reference: the view does not
+                n_comp = int(sitk.GetArrayViewFromImage(components).max())
         out.append({"name": name, "label": label, "n_voxels": n, "volume_ml": n * vml,
                     "mean_hu": mean, "sd_hu": sd, "n_components": n_comp})
     return out
