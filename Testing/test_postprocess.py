@@ -1,0 +1,91 @@
+"""Post-processing of network labelmaps: stray pieces, left/right by patient coordinates, lesions in lungs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from CovidCTAnalysisLib.postprocess import postprocess_labelmap, postprocess_with_notes
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+FLIP_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+SPACING = (1.5, 1.5, 2.5)
+
+
+def two_lungs(shape=(20, 40, 60)) -> np.ndarray:
+    """(z, y, x) labels: lung boxes at low x and high x, label decided by the caller."""
+    arr = np.zeros(shape, np.uint8)
+    arr[3:17, 8:32, 5:25] = 10  # low array x
+    arr[3:17, 8:32, 35:57] = 20  # high array x
+    return arr
+
+
+def as_image(arr, direction=IDENTITY) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.SetSpacing(SPACING)
+    img.SetDirection(direction)
+    img.SetOrigin((-40.0, 12.0, 100.0))
+    return img
+
+
+def labelled(low_x_label: int, high_x_label: int) -> np.ndarray:
+    arr = two_lungs()
+    arr[arr == 10] = low_x_label
+    arr[arr == 20] = high_x_label
+    return arr
+
+
+@pytest.mark.parametrize("direction, correct", [(IDENTITY, labelled(2, 1)), (FLIP_X, labelled(1, 2))])
+def test_left_right_swapped_back_by_patient_coordinates(direction, correct):
+    # LPS +x is the patient's left: with identity direction the left lung (1) is at high index x;
+    # with a flipped x axis it is at low index x.
+    swapped = np.where(correct == 1, 2, np.where(correct == 2, 1, correct)).astype(np.uint8)
+    out, notes = postprocess_with_notes(as_image(swapped, direction))
+    assert np.array_equal(sitk.GetArrayFromImage(out), correct)
+    assert any("swapped" in n for n in notes)
+    kept, notes = postprocess_with_notes(as_image(correct, direction))
+    assert np.array_equal(sitk.GetArrayFromImage(kept), correct) and notes == []
+
+
+def test_geometry_is_kept():
+    img = as_image(labelled(2, 1), FLIP_X)
+    out = postprocess_labelmap(img)
+    assert out.GetSize() == img.GetSize() and out.GetSpacing() == img.GetSpacing()
+    assert out.GetOrigin() == img.GetOrigin() and out.GetDirection() == img.GetDirection()
+    assert out.GetPixelID() == sitk.sitkUInt8
+
+
+def test_small_stray_pieces_removed_and_islands_relabelled():
+    arr = labelled(2, 1)
+    arr[0:2, 0:3, 28:31] = 1  # speck far outside the lungs
+    arr[10:12, 15:17, 40:42] = 2  # island labelled "right" inside the left lung
+    out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr)))
+    assert not out[0:2, 0:3, 28:31].any()
+    assert (out[10:12, 15:17, 40:42] == 1).all()
+    assert np.array_equal(out, labelled(2, 1))
+
+
+def test_lesions_outside_dilated_lungs_removed():
+    arr = labelled(2, 1)
+    arr[8:12, 14:20, 10:20] = 3  # inside the right lung, 9 mm thick: inside however far from aerated lung
+    arr[8:12, 14:20, 25:30] = 3  # grows out of the lung edge (x 24) towards the mediastinum: 1.5 ... 7.5 mm
+    arr[17:20, 36:40, 0:4] = 3  # a corner far from both lungs
+    out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr), lesion_margin_mm=4.0))
+    assert (out[8:12, 14:20, 10:20] == 3).all()
+    assert (out[8:12, 14:20, 25:27] == 3).all()  # <= 3 mm from the lung
+    assert not out[8:12, 14:20, 27:30].any()  # >= 4.5 mm
+    assert not (out[17:20, 36:40, 0:4] == 3).any()
+    wide = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr), lesion_margin_mm=10.0))
+    assert (wide[8:12, 14:20, 25:30] == 3).all()  # the margin is what decides
+    assert np.array_equal(out == 1, labelled(2, 1) == 1)
+
+
+def test_lesions_kept_when_not_restricted_and_bad_values_refused():
+    arr = np.zeros((10, 10, 10), np.uint8)
+    arr[2:8, 2:8, 2:8] = 3
+    out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr), restrict_lesions=False))
+    assert (out == 3).sum() == 216
+    assert not sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr))).any()  # no lungs: no lesions
+    arr[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="expected only 0, 1, 2, 3"):
+        postprocess_labelmap(as_image(arr))
