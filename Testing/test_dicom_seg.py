@@ -283,3 +283,45 @@ def test_covidct_analyze_unreferenceable_dicom(tmp_path):
     assert _analyze([str(tmp_path / "anon"), "--output-dir", str(out2), "--dicom-seg", "required"]) == \
         DicomSegError.exit_code
     assert not out2.exists() or not any(out2.iterdir())
+
+
+@pytest.mark.realdata
+def test_real_totalsegmentator_series_blank_uids_no_seg(shared_data, tmp_path):
+    """A real series anonymised to blank UIDs: loads, but no SEG, and the reason names the UIDs."""
+    volume = load_dicom_series(shared_data / "totalsegmentator" / "example_ct_dicom")
+    labelmap = _threshold_labels(volume)
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert not result.written and result.path is None
+    assert "SOPInstanceUID is blank on 20 of 20 instances" in result.reason
+    assert "StudyInstanceUID is blank" in result.reason and "SeriesInstanceUID is blank" in result.reason
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_p001_as_published(shared_data, tmp_path):
+    """P001 as it lies in shared/data (no PatientName): either a valid SEG or a reason naming the bad UIDs."""
+    volume = load_dicom_series(shared_data / "covid-ct-md" / "dicom" / "P001")
+    problem = seg_reference_problem(volume.dicom)
+    result = write_dicom_seg(_threshold_labels(volume), volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    if problem:
+        assert not result.written and problem in result.reason
+    else:
+        assert result.written
+        report = run_dciodvfy(result.path)
+        assert not report.errors, report.output
+
+
+def test_missing_validator_skips_locally_and_fails_under_ci(monkeypatch):
+    import dicom_validators
+
+    monkeypatch.setattr(dicom_validators, "find_dciodvfy", lambda: None)
+    monkeypatch.setattr(dicom_validators, "find_segimage2itkimage", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="dciodvfy"):
+        dicom_validators.require_dciodvfy()
+    with pytest.raises(pytest.fail.Exception, match="segimage2itkimage"):
+        dicom_validators.require_segimage2itkimage()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="dicom3tools"):
+        dicom_validators.require_dciodvfy()
