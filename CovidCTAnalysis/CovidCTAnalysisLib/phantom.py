@@ -159,7 +159,8 @@ def _choose_grid(rng: np.random.Generator, scale: float, size, spacing, directio
     elif spacing is None:
         spacing = tuple(float(np.round(f / n, 4)) for f, n in zip(fov_index, size, strict=True))
     centre = np.array([rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0) + 20.0, rng.uniform(-350.0, -150.0)])
-    grid_centre = centre + np.array([rng.uniform(-12.0, 12.0), rng.uniform(-12.0, 12.0), rng.uniform(-12.0, 12.0)])
+    # the lungs span about -130..+120 normalized mm in z: centre the field of view a little low
+    grid_centre = centre + np.array([rng.uniform(-12.0, 12.0), rng.uniform(-12.0, 12.0), rng.uniform(-14.0, 2.0) * scale])
     half = direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2.0)
     return _Grid(tuple(int(n) for n in size), tuple(float(s) for s in spacing), direction,
                  grid_centre - half, centre, scale)

@@ -53,23 +53,23 @@ class Anatomy:
 
     @staticmethod
     def from_rng(rng: np.random.Generator) -> Anatomy:
-        dome_right = float(rng.uniform(-95.0, -75.0))
+        dome_right = float(rng.uniform(-78.0, -64.0))
         turn = np.deg2rad(rng.uniform(-40.0, -25.0))  # long axis towards left-anterior
         tilt = np.deg2rad(rng.uniform(15.0, 30.0))  # apex pointing down
         rz = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0], [0.0, 0.0, 1.0]])
         ry = np.array([[np.cos(tilt), 0.0, np.sin(tilt)], [0.0, 1.0, 0.0], [-np.sin(tilt), 0.0, np.cos(tilt)]])
         return Anatomy(
             dome_right=dome_right,
-            dome_left=dome_right - float(rng.uniform(8.0, 20.0)),
+            dome_left=dome_right - float(rng.uniform(8.0, 18.0)),
             lung_half_width=(float(rng.uniform(58.0, 64.0)), float(rng.uniform(66.0, 72.0))),
-            apex=float(rng.uniform(125.0, 140.0)),
+            apex=float(rng.uniform(112.0, 126.0)),
             heart_centre=(float(rng.uniform(18.0, 28.0)), float(rng.uniform(-34.0, -24.0)), float(rng.uniform(-60.0, -48.0))),
             heart_radii=tuple(float(v) for v in rng.uniform(0.92, 1.08, 3) * (62.0, 47.0, 52.0)),
             heart_rotation=rz @ ry,
             body_axes=(float(rng.uniform(160.0, 178.0)), float(rng.uniform(118.0, 130.0))),
             fat_mm=float(rng.uniform(8.0, 24.0)),
             rib_pitch=float(rng.uniform(23.0, 26.0)),
-            rib_top=float(rng.uniform(128.0, 138.0)),
+            rib_top=float(rng.uniform(118.0, 128.0)),
         )
 
     def heart_radius(self, x, y, z):
@@ -93,7 +93,7 @@ class Anatomy:
         width = self.lung_half_width[0 if label == LEFT_LUNG else 1]
         rr = np.minimum(((x - cx) / (width * 1.1)) ** 2 + ((y - 8.0) / 96.0) ** 2, 1.4)
         dome = self.dome_left if label == LEFT_LUNG else self.dome_right
-        return dome - 38.0 * rr - 22.0 * np.clip((y - 8.0) / 90.0, 0.0, 1.0)
+        return dome - 32.0 * rr - 16.0 * np.clip((y - 8.0) / 90.0, 0.0, 1.0)
 
     def lung_side(self, x, y, z, heart: bool = True) -> np.ndarray:
         """0 outside the lungs, 1 (left) or 2 (right) inside; broadcasts over x, y, z.
@@ -102,18 +102,26 @@ class Anatomy:
         """
         ax, ay = self.ribcage_axes(z)
         cav = (x / (ax - 9.0)) ** 2 + ((y - 8.0) / (ay - 9.0)) ** 2 < 1.0
-        # the mediastinum is wide above the heart (great vessels, trachea) and behind it (spine, aorta)
+        # mediastinum: a band, wide above the heart (great vessels, trachea), plus the spine with the
+        # paravertebral muscles, the descending aorta and the oesophagus, round which the lungs wrap
         half = 13.0 + 15.0 / (1.0 + np.exp(-(z - 10.0) / 10.0))
-        half = np.maximum(half, np.where(y > 42.0, 31.0, 0.0))
-        taper = np.sqrt(np.clip(1.0 - ((np.maximum(z, 40.0) - 40.0) / (self.apex - 40.0)) ** 2, 0.0, 1.0))
+        middle = np.abs(x - MEDIASTINUM_X) < half
+        behind = ((x / 40.0) ** 2 + ((y - 82.0) / 45.0) ** 2 < 1.0) | ((x - 20.0) ** 2 + (y - 50.0) ** 2 < 16.0**2)
+        behind |= (x + 4.0) ** 2 + (y - 44.0) ** 2 < 11.0**2
+        cav = cav & ~middle & ~behind
+        # the apices are domes set towards the back; the lungs are deeper and wider lower down
+        taper = np.sqrt(np.clip(1.0 - ((np.maximum(z, 30.0) - 30.0) / (self.apex - 30.0)) ** 2, 0.0, 1.0))
         widen = np.clip(1.0 - 0.0012 * z, 0.85, 1.12)
+        cy = 8.0 + 0.16 * np.maximum(z, 0.0)
+        depth = 97.0 * np.clip(1.0 - 0.0008 * z, 0.9, 1.08)
         if heart:
             cav = cav & (self.heart_radius(x, y, z) >= 1.08)
         out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.uint8)
+        yy = ((y - cy) / depth) ** 2
         for label, sign in ((LEFT_LUNG, 1.0), (RIGHT_LUNG, -1.0)):
             width = self.lung_half_width[0 if label == LEFT_LUNG else 1]
-            ell = ((x - sign * 72.0) / width) ** 2 / widen**2 + ((y - 8.0) / 97.0) ** 2 < taper**2
-            inside = ell & (sign * (x - MEDIASTINUM_X) > half) & (z > self.diaphragm(label, x, y))
+            ell = ((x - sign * 72.0) / width) ** 2 / widen**2 + yy < taper**2
+            inside = ell & (sign * (x - MEDIASTINUM_X) > 0) & (z > self.diaphragm(label, x, y))
             out[inside & cav] = label
         return out
 
@@ -122,6 +130,7 @@ def render_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator, text
     """Draw body, lungs, bones, mediastinum, airways and vessels; return landmarks (normalized mm)."""
     _render_slabs(canvas, anat, texture)
     _paint_spine_and_sternum(canvas)
+    _paint_scapulae(canvas)
     _paint_mediastinum(canvas, anat)
     _paint_abdomen(canvas, anat)
     airways = airway_segments(anat, rng)
@@ -138,7 +147,7 @@ def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
     plane = np.full(shape, AIR_HU, dtype=np.float32)
     table_top = 5.0 + by + 6.0 + 0.0006 * x**2
     plane[(y > table_top) & (y < table_top + 8.0) & (np.abs(x) < 230.0)] = TABLE_HU
-    plane[(y > 5.0 + by - 10.0) & (y <= table_top) & (np.abs(x) < 200.0)] = FOAM_HU
+    plane[(y > table_top - 10.0) & (y <= table_top) & (np.abs(x) < 200.0)] = FOAM_HU  # mattress
     p = 2.4
     body = np.abs(x / bx) ** p + np.abs((y - 5.0) / by) ** p < 1.0
     inner = np.abs(x / (bx - anat.fat_mm)) ** p + np.abs((y - 5.0) / (by - anat.fat_mm * 0.7)) ** p < 1.0
@@ -214,6 +223,24 @@ def _paint_spine_and_sternum(canvas: Canvas) -> None:
         canvas.hu[sl][shell] = CORTICAL_HU * 0.8
         canvas.hu[sl][core] = CANCELLOUS_HU
         canvas.label[sl][shell] = 0
+
+
+def _paint_scapulae(canvas: Canvas) -> None:
+    """Thin bone plates behind the upper ribs, drawn only inside the body."""
+    for sign in (1.0, -1.0):
+        box = canvas.box((min(sign * 50.0, sign * 140.0), 75.0, 15.0), (max(sign * 50.0, sign * 140.0), 130.0, 130.0))
+        if box is None:
+            continue
+        sl, x, y, z = box
+        a, b = np.array([sign * 55.0, 122.0]), np.array([sign * 132.0, 84.0])
+        u = (b - a) / np.linalg.norm(b - a)
+        along = (x - a[0]) * u[0] + (y - a[1]) * u[1]
+        across = -(x - a[0]) * u[1] + (y - a[1]) * u[0]
+        reach = 85.0 * np.clip((z - 15.0) / 70.0, 0.0, 1.0)  # triangular: narrow at the inferior angle
+        plate = (np.abs(across) < 3.0) & (along > 0.0) & (along < reach) & (z < 125.0)
+        hu = canvas.hu[sl]
+        bone = plate & (hu > -300.0) & (canvas.label[sl] == 0)
+        hu[bone] = 550.0  # mostly cortical
 
 
 def _paint_mediastinum(canvas: Canvas, anat: Anatomy) -> None:

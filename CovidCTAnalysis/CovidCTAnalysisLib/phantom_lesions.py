@@ -99,7 +99,7 @@ def pneumonia_lesions(anat: Anatomy, rng: np.random.Generator) -> tuple[list[Les
                            rng.uniform(-130.0, 120.0, 600)])
     ok = (anat.lung_side(pts[:, 0], pts[:, 1], pts[:, 2]) == side) & (lobe_of(pts[:, 0], pts[:, 1], pts[:, 2], side) == lobe)
     centre = pts[np.nonzero(ok)[0][0]] if ok.any() else np.array([sign * 80.0, 40.0, -50.0])
-    r = float(rng.uniform(45.0, 75.0))
+    r = float(rng.uniform(60.0, 95.0))  # large: the fissures, not the blob, bound most of the consolidation
     lesions = [Lesion(
         side=side, centre=tuple(float(v) for v in centre), radii=(r, r * float(rng.uniform(0.8, 1.1)), r * 0.9),
         rotation=_rotation_z(rng), hu=float(rng.uniform(-30.0, 45.0)), core=0.0, core_hu=0.0, paving=False,
