@@ -239,3 +239,18 @@ def test_real_totalsegmentator_blank_uids_load(shared_data):
     assert vol.image.GetSize() == (512, 512, 20)
     problem = seg_reference_problem(vol.dicom)
     assert "SOPInstanceUID is blank on 20 of 20" in problem and "SeriesInstanceUID is blank" in problem
+
+
+def test_per_slice_rescale_gives_the_same_hu(tmp_path):
+    """Some scanners vary RescaleIntercept per slice; HU must not depend on it."""
+    image, _ = chest_volume(seed=9)
+    written = write_dicom_series(image, tmp_path / "ct")
+    for k, f in enumerate(written.files):
+        if k % 2:
+            ds = pydicom.dcmread(f)
+            stored = ds.pixel_array.astype(np.int32) + 1024  # same HU with intercept -1024
+            ds.PixelData = stored.astype(np.int16).tobytes()
+            ds.RescaleIntercept = "-1024"
+            ds.save_as(f)
+    vol = load_dicom_series(tmp_path / "ct")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image), np.rint(sitk.GetArrayFromImage(image)))
