@@ -42,8 +42,13 @@ def _rotation_z(rng: np.random.Generator) -> np.ndarray:
 
 
 def lobe_of(x, y, z, side: int) -> np.ndarray:
-    """0 upper, 1 middle (right lung only), 2 lower lobe; oblique fissure from back-up to front-down."""
-    lower = z < (y - 35.0)
+    """0 upper, 1 middle (right lung only), 2 lower lobe.
+
+    The oblique fissure runs from high at the back to low at the front, and in an axial slice from
+    postero-medial to antero-lateral; the horizontal fissure (right lung) lies at the hilum level.
+    """
+    lateral = np.abs(x) - 72.0
+    lower = z < (y - 35.0) + 0.45 * lateral - 0.002 * lateral**2
     middle = ~lower & (z < 0.0) & (side == RIGHT_LUNG)
     return np.where(lower, 2, np.where(middle, 1, 0))
 
