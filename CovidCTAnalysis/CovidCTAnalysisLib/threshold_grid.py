@@ -87,6 +87,32 @@ def to_working(image: sitk.Image, target_mm: float = WORKING_SPACING_MM) -> Work
     )
 
 
+def to_isotropic(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """HU (float32) on an identity-direction grid of exactly ``spacing_mm`` covering ``image``.
+
+    Whole input voxels are averaged first (``BinShrink`` by the largest factor
+    that stays below ``spacing_mm``), then resampled linearly.
+    """
+    factors = [max(1, int(np.floor(spacing_mm / s + 1e-6))) for s in image.GetSpacing()]
+    src = sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
+    src = sitk.Cast(src, sitk.sitkFloat32)
+    size = np.array(image.GetSize(), float)
+    corners = np.array(
+        [
+            image.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
+            for cx in (-0.5, size[0] - 0.5)
+            for cy in (-0.5, size[1] - 0.5)
+            for cz in (-0.5, size[2] - 0.5)
+        ]
+    )
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    n = np.maximum(np.floor((hi - lo) / spacing_mm).astype(int), 1)
+    ref = sitk.Image([int(v) for v in n], sitk.sitkUInt8)
+    ref.SetSpacing([float(spacing_mm)] * 3)
+    ref.SetOrigin([float(v) for v in lo + spacing_mm / 2.0])
+    return sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(AIR_HU), sitk.sitkFloat32)
+
+
 def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Wrap a (z, y, x) array in ``reference``'s geometry."""
     out = sitk.GetImageFromArray(np.ascontiguousarray(array))
