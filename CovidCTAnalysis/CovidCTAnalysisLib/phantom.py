@@ -36,6 +36,8 @@ from .phantom_lesions import render_lesions
 from .volume import voxel_volume_ml
 
 KINDS = ("normal", "pneumonia", "covid")
+# Bumped whenever the phantom made for a given (kind, seed, grid) changes: key caches on it.
+PHANTOM_VERSION = "1"
 HU_CLIP = (-1024, 3071)  # what a 12-bit CT reconstruction can hold
 MAX_VOXELS = 1024**3
 IMAGE_NAME = "image.nii.gz"
@@ -302,7 +304,7 @@ def make_phantom(kind: str, seed: int, size: tuple[int, int, int] | None = None,
     del hu
     truth = _with_geometry(label, grid)
     physical = {k: tuple(float(v) for v in grid.centre + grid.scale * np.asarray(p)) for k, p in landmarks.items()}
-    info = dict(info, noise_sd_hu=round(noise_sd, 2), scale=round(scale, 4))
+    info = dict(info, noise_sd_hu=round(noise_sd, 2), scale=round(scale, 4), version=PHANTOM_VERSION)
     return Phantom(image=image, truth=truth, kind=kind, seed=seed, landmarks=physical, info=info)
 
 
