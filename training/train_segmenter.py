@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     cases, dataset_desc, mask_kind = load_cases(args, ctx.log)
     labels = sdata.CHANNEL_NAMES[mask_kind]
     n_labels = len(labels)
-    lo, hi = _triple(args.hu_range, "--hu-range")[:2]
+    try:
+        lo, hi = (float(v) for v in args.hu_range.split(","))
+    except ValueError as e:
+        raise SystemExit(f"--hu-range {args.hu_range!r}: expected lo,hi in HU, e.g. -1024,400") from e
     prep = segmenter_settings({"spacing_mm": _triple(args.spacing, "--spacing"),
                                "roi_size": [int(v) for v in _triple(args.roi, "--roi")], "hu_range": [lo, hi],
                                "sw_overlap": args.sw_overlap, "sw_batch_size": 1, "margin_mm": args.margin_mm})

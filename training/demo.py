@@ -1,0 +1,171 @@
+"""``make demo``: train, evaluate and install DEMO models on synthetic phantoms, then analyse one.
+
+    python -m training.demo [--retrain] [--quick]
+
+1. Unless both demo models are installed already (registry at ``$COVIDCT_MODELS_DIR``), train
+   the classifier and the 4-label segmenter on phantoms (seeds 0-11), export them as model
+   folders, evaluate them on phantoms whose seeds were never used in training (100-104) with
+   ``training.evaluate`` (the metrics go into their metadata) and install them.
+2. Make a fresh phantom (seed 2026) and run ``covidct analyze`` on it; print the summary.
+
+Work files go to ``$COVIDCT_DEMO_DIR`` (default ``<repo>/.demo``). Every step prints a
+progress line with the elapsed time; the step timings are written to
+``<demo dir>/timings.json``. The models say "DEMO, trained on synthetic phantoms" in their
+metadata (``demo: true``), so every result made with them says so.
+Research use, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from .common import REPO_ROOT, write_json
+
+CLASSIFIER_ID = "covidct-classifier-demo"
+SEGMENTER_ID = "covidct-segmenter-demo"
+DEMO_VERSION = "1.0.0"
+TRAIN_SEEDS = "0-11"
+EVAL_SEEDS = "100-104"
+ANALYSIS_SEED = 2026
+
+# Settings chosen to train on 2 CPU cores within minutes (recorded in each model's metadata).
+CLASSIFIER_ARGS = ["--input-size", "96", "--max-slices-per-case", "16", "--epochs", "5", "--batch-size", "16",
+                   "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-4",
+                   "--aggregation", "top_fraction_mean", "--aggregation-fraction", "0.3", "--slice-step", "2"]
+SEGMENTER_ARGS = ["--spacing", "2.5,2.5,2.5", "--roi", "64,64,64", "--epochs", "30", "--batch-size", "2",
+                  "--num-samples", "1", "--optimizer", "adamw", "--lr", "1e-3", "--val-every", "10",
+                  "--margin-mm", "10"]
+QUICK = {"classifier": ["--epochs", "1", "--max-slices-per-case", "4"], "segmenter": ["--epochs", "2", "--val-every", "1"],
+         "train_seeds": "0-2", "eval_seeds": "100"}
+
+
+class Steps:
+    """Numbered progress lines with elapsed time, and a record of how long each step took."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.monotonic()
+        self.timings: dict[str, float] = {}
+        self._name, self._start = None, None
+
+    def start(self, name: str, what: str) -> None:
+        self.finish()
+        self.n += 1
+        self._name, self._start = name, time.monotonic()
+        print(f"==> [demo {self.n}/{self.total}] {what}  (elapsed {self.elapsed():.0f} s)", flush=True)
+
+    def finish(self) -> None:
+        if self._name is not None:
+            self.timings[self._name] = round(time.monotonic() - self._start, 1)
+            print(f"    done: {self._name} in {self.timings[self._name]:.0f} s", flush=True)
+            self._name = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def installed(registry, model_id: str):
+    for meta in registry.list():
+        if meta.id == model_id and meta.version == DEMO_VERSION:
+            return meta
+    return None
+
+
+def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
+                      extra: list[str], cache: Path) -> None:
+    """Train, export, evaluate on unseen seeds, install one demo model."""
+    from . import evaluate, export
+    from . import train_classifier as tc
+    from . import train_segmenter as ts
+
+    run_dir, model_dir = work / f"{kind}-run", work / f"{kind}-model"
+    common = ["--dataset", "phantoms", "--phantom-seeds", train_seeds, "--phantom-kinds", "normal,pneumonia,covid",
+              "--cache-dir", str(cache), "--output-dir", str(run_dir), "--seed", "0"]
+    steps.start(f"train_{kind}", f"training the demo {kind} on phantoms (seeds {train_seeds})")
+    if kind == "classifier":
+        tc.main(common + CLASSIFIER_ARGS + extra)
+    else:
+        ts.main(common + SEGMENTER_ARGS + extra)
+    steps.start(f"export_{kind}", f"exporting the {kind} model folder")
+    model_id = CLASSIFIER_ID if kind == "classifier" else SEGMENTER_ID
+    export.export(run_dir, model_dir, model_id, DEMO_VERSION, demo=True, force=True)
+    steps.start(f"evaluate_{kind}", f"evaluating the {kind} on unseen phantom seeds {eval_seeds}")
+    evaluate.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", eval_seeds,
+                   "--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache)])
+    steps.start(f"install_{kind}", f"installing {model_id} into {registry.root}")
+    meta = registry.install(model_dir, force=True)
+    print(f"    installed {meta.label_line()}", flush=True)
+
+
+def print_metrics(meta) -> None:
+    m = meta.eval_metrics
+    if meta.task == "classification":
+        print(f"    {meta.id}: accuracy {m.get('accuracy')} over {m.get('n')} unseen phantom patients", flush=True)
+    else:
+        per = m.get("per_class", {})
+        print(f"    {meta.id}: Dice (mean±std, %) " + ", ".join(f"{k} {v.get('dice_text')}" for k, v in per.items()),
+              flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--retrain", action="store_true", help="train again even if the demo models are installed")
+    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test; the models will be poor)")
+    p.add_argument("--models-dir", help="default $COVIDCT_MODELS_DIR")
+    p.add_argument("--work-dir", help="default $COVIDCT_DEMO_DIR or <repo>/.demo")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    from CovidCTAnalysisLib.model_registry import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir)
+    work = Path(args.work_dir or os.environ.get("COVIDCT_DEMO_DIR") or REPO_ROOT / ".demo").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "phantom-cache"
+    train_seeds = QUICK["train_seeds"] if args.quick else TRAIN_SEEDS
+    eval_seeds = QUICK["eval_seeds"] if args.quick else EVAL_SEEDS
+    todo = [k for k, mid in (("classifier", CLASSIFIER_ID), ("segmenter", SEGMENTER_ID))
+            if args.retrain or installed(registry, mid) is None]
+    steps = Steps(total=4 * len(todo) + 2)
+    print(f"==> demo: models in {registry.root}; work files in {work}. Research use, not for diagnosis.", flush=True)
+    if not todo:
+        print("==> demo models already installed (use --retrain to train them again)", flush=True)
+    for kind in todo:
+        train_and_install(kind, steps, work, registry, train_seeds, eval_seeds,
+                          QUICK[kind] if args.quick else [], cache)
+    for mid in (CLASSIFIER_ID, SEGMENTER_ID):
+        meta = installed(registry, mid)
+        if meta is not None:
+            print_metrics(meta)
+    steps.start("phantom", f"making a fresh phantom (covid, seed {ANALYSIS_SEED}) to analyse")
+    from CovidCTAnalysisLib.phantom import make_phantom, write_phantom
+
+    files = write_phantom(make_phantom("covid", ANALYSIS_SEED), work / f"phantom-{ANALYSIS_SEED}", force=True)
+    steps.start("analyze", "covidct analyze on the fresh phantom (with its truth as reference)")
+    from CovidCTAnalysisLib.cli import main as covidct
+
+    out = work / f"analysis-{ANALYSIS_SEED}"
+    rc = covidct(["analyze", str(files["image"]), "--output-dir", str(out), "--force", "--segment", "always",
+                  "--reference", str(files["truth"]), "--models-dir", str(registry.root), "--progress", "plain"])
+    steps.finish()
+    timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1), "trained": todo,
+               "threads": torch.get_num_threads()}
+    write_json(work / "timings.json", timings)
+    report = out / "report.json"
+    if rc == 0 and report.is_file():
+        print(f"==> analysis of the fresh phantom: {out}", flush=True)
+        summary = json.loads(report.read_text()).get("summary")
+        if summary:
+            print(summary if isinstance(summary, str) else json.dumps(summary, indent=2), flush=True)
+    print(f"==> demo finished in {timings['total_s']:.0f} s; step timings: {json.dumps(steps.timings)}", flush=True)
+    print("==> DEMO models, trained on synthetic phantoms: research use, not for diagnosis.", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
