@@ -283,6 +283,19 @@ def test_statistics_table_holds_report_values(scene):
     assert len(rows) == 3 and "Dice" not in rows[0]
 
 
+def test_self_test_helpers_compare_table_with_report(scene):
+    from CovidCTAnalysisSlicer import selftest
+
+    tableNode = slicer.vtkMRMLTableNode()
+    scene.AddNode(tableNode)
+    tables.updateTableNodeFromReport(tableNode, REPORT)
+    assert selftest.tableMismatches(tableNode, REPORT) == []
+    assert selftest.tableValue(tableNode, "Right lung", "Volume") == pytest.approx(2100.0)
+    changed = dict(REPORT, segments=[dict(s, volume_ml=s["volume_ml"] + 1) for s in REPORT["segments"]])
+    problems = selftest.tableMismatches(tableNode, changed)
+    assert len(problems) == 3 and all("Volume" in p for p in problems)
+
+
 def test_summary_lines_carry_class_provenance_and_research_note():
     assert results.classificationText(REPORT) == "COVID-19  (Normal 5.0 %, Pneumonia 15.0 %, COVID-19 80.0 %)"
     line = results.provenanceLine(REPORT)

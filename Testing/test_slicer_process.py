@@ -170,9 +170,21 @@ def _alive(pid: int) -> bool:
 
 def test_real_cli_refusal_arrives_as_protocol_error(tmp_path):
     """The real core CLI, started the way the Logic starts it, refuses a missing input with its own message."""
-    command = buildAnalyzeCommand(sys.executable, tmp_path / "missing.nrrd", tmp_path / "out", AnalyzeOptions())
+    command = buildAnalyzeCommand(sys.executable, tmp_path / "missing.nrrd", tmp_path / "out",
+                                  AnalyzeOptions(method="threshold"))
     process = AnalysisProcess(command, environment=environmentWithModulePath(REPO / "CovidCTAnalysis"))
     pollUntilFinished(process, timeout=120)
     assert process.state == "failed" and process.returnCode not in (0, None)
     assert "missing.nrrd" in process.errorMessage
     assert any(line.startswith("error: ") for line in process.logLines)  # it came as a protocol error event
+
+
+def test_missing_requirements_are_found(tmp_path):
+    from CovidCTAnalysisSlicer.requirements import missingRequirements
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nnumpy>=1.0\nnumpy<1.0  # too old a range for the installed numpy\n"
+                            "surely-not-installed-covidct-pkg>=1\n\n")
+    assert missingRequirements(requirements) == ["numpy<1.0", "surely-not-installed-covidct-pkg>=1"]
+    # The module's own file is satisfied in the development environment.
+    assert missingRequirements(REPO / "CovidCTAnalysis" / "Resources" / "requirements.txt") == []

@@ -17,9 +17,8 @@ from CovidCTAnalysisLib import constants  # noqa: E402
 
 
 def test_overview_png_is_drawn_with_all_segments(tmp_path):
-    from PIL import Image
-
     from CovidCTAnalysisLib.phantom import make_phantom
+    from PIL import Image
 
     phantom = make_phantom("covid", 3, size=(96, 96, 48))
     out = tmp_path / "overview.png"

@@ -22,7 +22,7 @@ MODULE = REPO / "CovidCTAnalysis"
 sys.path.insert(0, str(MODULE))
 
 from CovidCTAnalysisLib import constants  # noqa: E402
-from CovidCTAnalysisSlicer import segmentations, tables, volumes  # noqa: E402
+from CovidCTAnalysisSlicer import segmentations, selftest, tables, volumes  # noqa: E402
 from CovidCTAnalysisSlicer.models import listModelChoices  # noqa: E402
 from CovidCTAnalysisSlicer.process import AnalyzeOptions  # noqa: E402
 from CovidCTAnalysisSlicer.run import AnalysisRun  # noqa: E402
@@ -93,6 +93,7 @@ def test_threshold_run_end_to_end_into_the_scene(phantom, tmp_path):
     assert rows["Left lung"]["Dice"] == pytest.approx(results.report["dice"]["Left lung"])
     assert rows["Left lung"]["Dice"] > 0.8 and rows["Right lung"]["Dice"] > 0.8
     assert results.classLabel == ""  # the threshold method does not classify
+    assert selftest.tableMismatches(results.tableNode, results.report) == []
 
 
 def test_cancel_mid_run_leaves_no_nodes_and_no_files(phantom, tmp_path):

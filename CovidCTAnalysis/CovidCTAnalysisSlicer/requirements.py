@@ -9,9 +9,8 @@ with ``packaging`` (shipped with Slicer's Python, as pip needs it).
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
-
-from packaging.requirements import InvalidRequirement, Requirement
 
 
 def readRequirements(path: str | Path) -> list[str]:
@@ -24,8 +23,10 @@ def readRequirements(path: str | Path) -> list[str]:
     return lines
 
 
-def parseRequirement(line: str) -> Requirement:
+def parseRequirement(line: str):
     """A ``packaging`` Requirement; ``ValueError`` naming the line when it is not a valid specifier."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         return Requirement(line)
     except InvalidRequirement as e:
@@ -34,14 +35,22 @@ def parseRequirement(line: str) -> Requirement:
 
 def isSatisfied(line: str) -> bool:
     """True when the distribution is installed in a version inside the line's range."""
-    requirement = parseRequirement(line)
+    try:
+        requirement = parseRequirement(line)
+    except ImportError:  # no ``packaging``: fall back to "is it installed at all"
+        name = re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0]
+        return _installedVersion(name) is not None
     if requirement.marker is not None and not requirement.marker.evaluate():
         return True  # not needed on this platform
+    installed = _installedVersion(requirement.name)
+    return installed is not None and requirement.specifier.contains(installed, prereleases=True)
+
+
+def _installedVersion(name: str) -> str | None:
     try:
-        installed = importlib.metadata.version(requirement.name)
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return requirement.specifier.contains(installed, prereleases=True)
+        return None
 
 
 def missingRequirements(path: str | Path) -> list[str]:
