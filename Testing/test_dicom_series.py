@@ -254,3 +254,13 @@ def test_per_slice_rescale_gives_the_same_hu(tmp_path):
             ds.save_as(f)
     vol = load_dicom_series(tmp_path / "ct")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image), np.rint(sitk.GetArrayFromImage(image)))
+
+
+def test_copied_instances_are_read_once(chest):
+    image, written, folder = chest
+    (folder / "backup").mkdir()
+    for f in written.files[:5]:
+        shutil.copy(f, folder / "backup" / f"copy_{f.name}")
+    vol = load_dicom_series(folder)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image), np.rint(sitk.GetArrayFromImage(image)))
+    assert any("ignored 5 duplicate file(s)" in n for n in vol.notes)

@@ -56,10 +56,13 @@ def load_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
                          "files of a CT series.")
     chosen, notes = choose_series(scan, series_uid)
     what = chosen.describe()
-    geometry = order_slices(chosen.instances, what)
+    instances, n_copies = _drop_copies(chosen.instances)
+    geometry = order_slices(instances, what)
     image = _read_pixels(geometry, what)
     source = _source_from_geometry(folder, geometry)
     notes = [*notes, *scan.ignored]
+    if n_copies:
+        notes.append(f"ignored {n_copies} duplicate file(s): copies of instances already read (same SOPInstanceUID)")
     sx, sy, sz = geometry.spacing
     notes.append(f"grid {geometry.size[0]}x{geometry.size[1]}x{geometry.size[2]} voxels, spacing "
                  f"{sx:.3f} x {sy:.3f} x {sz:.3f} mm, slices sorted by position along the slice normal")
@@ -133,6 +136,20 @@ def dicom_source_from_files(files: Sequence[Path]) -> DicomSource:
     group = SeriesGroup(next(iter(keys)), list(headers))
     geometry = order_slices(group.instances, group.describe())
     return _source_from_geometry(Path(paths[0]).parent, geometry)
+
+
+def _drop_copies(instances: list[InstanceHeader]) -> tuple[list[InstanceHeader], int]:
+    """Keep one file per SOPInstanceUID (a folder may hold the same instance twice, e.g. a copied
+    subfolder). Blank UIDs are never merged: they say nothing about identity."""
+    seen: set[str] = set()
+    kept: list[InstanceHeader] = []
+    for inst in instances:
+        uid = inst.sop_instance_uid
+        if uid and uid in seen:
+            continue
+        seen.add(uid)
+        kept.append(inst)
+    return kept, len(instances) - len(kept)
 
 
 def _source_from_geometry(folder: Path, geometry: SliceGeometry) -> DicomSource:
