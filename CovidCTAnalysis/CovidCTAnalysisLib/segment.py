@@ -6,9 +6,9 @@
 3. ``monai.inferers.sliding_window_inference`` with the model's ROI and overlap
    (Gaussian blending); CUDA with float16 autocast when the device is CUDA, float32
    on the CPU.
-4. Map back to the input grid: each class probability is resampled (linear) onto
-   the crop one at a time while a running argmax is kept, so at most one
-   full-resolution probability map exists at once.
+4. Map back to the input grid: the class probabilities are interpolated (trilinear)
+   onto the crop and the argmax taken slab by slab (``probabilities_to_labels``), so
+   no full-resolution probability maps are held at once.
 5. ``postprocess`` (largest components, left/right by patient coordinates, lesions
    inside the dilated lungs), then paste the crop into a labelmap of the input grid.
 """
@@ -26,7 +26,7 @@ from .errors import InputError, ModelError
 from .model_folder import LoadedModel, segmentation_channel_labels
 from .postprocess import postprocess_with_notes
 from .progress import Progress
-from .transforms import roi_size_zyx, segmenter_preprocess, segmenter_settings
+from .transforms import orient_array_lps, roi_size_zyx, segmenter_preprocess, segmenter_settings
 from .volume import CTVolume, labelmap_like
 
 
@@ -70,8 +70,59 @@ def probabilities_to_labels(probs: np.ndarray, grid: sitk.Image, target: sitk.Im
                             channel_labels: dict[int, int]) -> np.ndarray:
     """(C, z, y, x) probabilities on ``grid`` → (z, y, x) uint8 labels on ``target``'s grid.
 
-    Linear resampling of one class at a time with a running argmax; outside ``grid`` is background.
+    Trilinear interpolation of the probabilities, then argmax. When ``target`` is stored
+    along the patient axes (the usual case: any flips/permutations, no obliquity) this is
+    separable and runs in slabs (``_separable_argmax``); otherwise each class is resampled
+    with SimpleITK in turn while a running argmax is kept. Either way at most one
+    full-resolution probability map exists at once.
     """
+    lut = np.zeros(max(channel_labels) + 1, dtype=np.uint8)
+    for c, value in channel_labels.items():
+        lut[c] = value
+    d = np.array(target.GetDirection(), dtype=float).reshape(3, 3)
+    if np.allclose(np.abs(d), np.round(np.abs(d)), atol=1e-6) and grid.GetDirection() == IDENTITY:
+        return lut[_separable_argmax(probs, grid, target)]
+    return lut[_resampled_argmax(probs, grid, target, channel_labels)]
+
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _linear_weights(positions: np.ndarray, origin: float, spacing: float, n: int):
+    """Lower neighbour index and weight of the upper one, per position; clamped at the ends."""
+    ci = (positions - origin) / spacing
+    i0 = np.clip(np.floor(ci).astype(np.int64), 0, max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = np.clip(ci - i0, 0.0, 1.0).astype(np.float32) if n > 1 else np.zeros(len(ci), np.float32)
+    return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(w)
+
+
+def _separable_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, slab: int = 8) -> np.ndarray:
+    """Argmax channel on ``target`` (axis-aligned with the identity-direction ``grid``)."""
+    out = np.zeros(target.GetSize()[::-1], dtype=np.uint8)
+    view = orient_array_lps(out, target)  # (S, P, L) view: writes land in ``out``
+    d = np.array(target.GetDirection(), dtype=float).reshape(3, 3)
+    size, spacing, origin = target.GetSize(), target.GetSpacing(), target.GetOrigin()
+    weights = []
+    for out_axis in range(3):  # 0: S (LPS z), 1: P (y), 2: L (x)
+        lps = 2 - out_axis
+        j = int(np.argmax(np.abs(d[lps, :])))  # image axis along this patient axis
+        pos = origin[lps] + d[lps, j] * spacing[j] * np.arange(size[j])
+        pos = np.sort(pos)  # the view runs towards +LPS
+        weights.append(_linear_weights(pos, grid.GetOrigin()[lps], grid.GetSpacing()[lps], grid.GetSize()[lps]))
+    p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+    (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = weights
+    for start in range(0, view.shape[0], slab):
+        sl = slice(start, min(start + slab, view.shape[0]))
+        a = p[:, z0[sl]] * (1 - wz[sl]).view(1, -1, 1, 1) + p[:, z1[sl]] * wz[sl].view(1, -1, 1, 1)
+        a = a[:, :, y0] * (1 - wy).view(1, 1, -1, 1) + a[:, :, y1] * wy.view(1, 1, -1, 1)
+        a = a[..., x0] * (1 - wx) + a[..., x1] * wx
+        view[sl] = torch.argmax(a, dim=0).to(torch.uint8).numpy()
+    return out
+
+
+def _resampled_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image,
+                      channel_labels: dict[int, int]) -> np.ndarray:
     shape = target.GetSize()[::-1]
     best = np.full(shape, -1.0, dtype=np.float32)
     arg = np.zeros(shape, dtype=np.uint8)
@@ -86,10 +137,7 @@ def probabilities_to_labels(probs: np.ndarray, grid: sitk.Image, target: sitk.Im
         np.copyto(best, p, where=better)  # copyto(where=) avoids the temporaries of fancy indexing
         np.copyto(arg, np.uint8(c), where=better)
         del res, p
-    lut = np.zeros(max(channel_labels) + 1, dtype=np.uint8)
-    for c, value in channel_labels.items():
-        lut[c] = value
-    return lut[arg]
+    return arg
 
 
 def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device: torch.device | str,
