@@ -154,6 +154,16 @@ def test_vessels_make_some_lung_voxels_dense():
     assert 0.005 < dense < 0.12
 
 
+@pytest.mark.parametrize("seed", [0, 2, 7])
+def test_noise_sd_follows_the_seed(seed):
+    ph = make_phantom("normal", seed, spacing=(1.1, 1.1, 5.0))  # fine in-plane: the blur correlates the noise
+    img = arrays(ph)[0].astype(float)
+    k, j, i = ph.image.TransformPhysicalPointToIndex(ph.landmarks["liver"])[::-1]
+    roi = img[max(k - 2, 0):k + 3, j - 4:j + 5, i - 4:i + 5]
+    assert 40 <= roi.mean() <= 75  # liver, non-contrast
+    assert 0.7 * ph.info["noise_sd_hu"] <= roi.std() <= 1.3 * ph.info["noise_sd_hu"]
+
+
 @pytest.mark.parametrize("name", ["trachea", "right_main_bronchus", "left_main_bronchus"])
 def test_airways_are_air_but_not_lung(name):
     ph = cached("normal", 3, size=(96, 96, 64))

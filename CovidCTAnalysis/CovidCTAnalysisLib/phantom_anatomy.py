@@ -136,7 +136,8 @@ def render_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator, text
     airways = airway_segments(anat, rng)
     paint_airways(canvas, airways)
     paint_vessel_trees(canvas, anat, rng)
-    return dict(airways.landmarks)
+    # a homogeneous spot in the liver (noise measurements)
+    return dict(airways.landmarks, liver=(-60.0, 3.0, anat.dome_right - 35.0))
 
 
 def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:

@@ -36,8 +36,7 @@ class Lesion:
     field_offset: tuple[float, float, float]
 
 
-def _rotation_z(rng: np.random.Generator) -> np.ndarray:
-    a = rng.uniform(0.0, np.pi)
+def _rotation_z(a: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -54,7 +53,10 @@ def lobe_of(x, y, z, side: int) -> np.ndarray:
 
 
 def _subpleural_centre(anat: Anatomy, rng: np.random.Generator, side: int, radius: float):
-    """A centre just inside the chest wall, low and posterior/lateral more often than not."""
+    """A centre just inside the chest wall, low and posterior/lateral more often than not.
+
+    Returns the centre and the in-plane angle of the outward direction (towards the pleura).
+    """
     sign = 1.0 if side == LEFT_LUNG else -1.0
     t = np.arange(0.0, 170.0, 1.0)
     for _ in range(60):
@@ -72,7 +74,7 @@ def _subpleural_centre(anat: Anatomy, rng: np.random.Generator, side: int, radiu
         depth = rng.uniform(0.25, 0.6) * radius
         centre = pts[inside[-1]] - depth * u
         if anat.lung_side(centre[0], centre[1], centre[2]) == side:
-            return tuple(float(v) for v in centre)
+            return tuple(float(v) for v in centre), float(np.arctan2(u[1], u[0]))
     raise RuntimeError(f"phantom: found no sub-pleural lesion site in lung {side}")  # not reached in practice
 
 
@@ -82,11 +84,13 @@ def covid_lesions(anat: Anatomy, rng: np.random.Generator) -> list[Lesion]:
     lesions = []
     for side in sides:
         r_plane = float(rng.uniform(12.0, 30.0))
-        radii = (r_plane, r_plane * float(rng.uniform(0.6, 1.0)), float(rng.uniform(10.0, 24.0)))
+        # flattened against the pleura: the long axis runs along the chest wall
+        radii = (r_plane, r_plane * float(rng.uniform(0.55, 0.9)), float(rng.uniform(10.0, 24.0)))
         core = float(rng.uniform(0.3, 0.5)) if rng.random() < 0.4 else 0.0
+        centre, outward = _subpleural_centre(anat, rng, side, radii[1])
         lesions.append(Lesion(
-            side=side, centre=_subpleural_centre(anat, rng, side, r_plane), radii=radii,
-            rotation=_rotation_z(rng), hu=float(rng.uniform(-640.0, -460.0)), core=core,
+            side=side, centre=centre, radii=radii,
+            rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(-640.0, -460.0)), core=core,
             core_hu=float(rng.uniform(-120.0, 10.0)), paving=bool(rng.random() < 0.35),
             edge=float(rng.uniform(0.15, 0.3)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
         ))
@@ -107,14 +111,14 @@ def pneumonia_lesions(anat: Anatomy, rng: np.random.Generator) -> tuple[list[Les
     r = float(rng.uniform(60.0, 95.0))  # large: the fissures, not the blob, bound most of the consolidation
     lesions = [Lesion(
         side=side, centre=tuple(float(v) for v in centre), radii=(r, r * float(rng.uniform(0.8, 1.1)), r * 0.9),
-        rotation=_rotation_z(rng), hu=float(rng.uniform(-30.0, 45.0)), core=0.0, core_hu=0.0, paving=False,
+        rotation=_rotation_z(rng.uniform(0.0, np.pi)), hu=float(rng.uniform(-30.0, 45.0)), core=0.0, core_hu=0.0, paving=False,
         edge=float(rng.uniform(0.08, 0.15)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
     )]
     if rng.random() < 0.25:
         other = RIGHT_LUNG if side == LEFT_LUNG else LEFT_LUNG
         small = float(rng.uniform(8.0, 14.0))
         lesions.append(Lesion(
-            side=other, centre=_subpleural_centre(anat, rng, other, small), radii=(small, small, small),
+            side=other, centre=_subpleural_centre(anat, rng, other, small)[0], radii=(small, small, small),
             rotation=np.eye(3), hu=float(rng.uniform(-550.0, -350.0)), core=0.0, core_hu=0.0, paving=False,
             edge=0.25, field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
         ))
@@ -146,7 +150,9 @@ def paint_lesion(canvas: Canvas, lesion: Lesion, field: SmoothField, lobe: int |
         q = np.stack(np.broadcast_arrays(x, y, z))
         septa = np.zeros(rho.shape, dtype=bool)
         for k in range(3):
-            s = (q[0] * lesion.rotation[0, k] + q[1] * lesion.rotation[1, k] + q[2] * lesion.rotation[2, k]) / 6.0
+            # the smooth field bends the septa so that the "stones" are irregular polygons
+            s = (q[0] * lesion.rotation[0, k] + q[1] * lesion.rotation[1, k] + q[2] * lesion.rotation[2, k]) / (5.0 + k)
+            s = s + 0.45 * fine
             septa |= np.abs(s - np.round(s)) < 0.09
         target = target + 170.0 * septa
     if lesion.core > 0.0:
