@@ -95,7 +95,7 @@ def test_covid_lesions_are_bilateral_lower_and_peripheral(seed):
     z_lung = physical_points(ph.truth, lungs)[:, 2]
     z_mid = 0.5 * (z_lung.min() + z_lung.max())
     z_lesion = physical_points(ph.truth, t == LESION)[:, 2]
-    assert np.mean(z_lesion < z_mid) > 0.6  # lower-zone predominant (LPS +z is superior)
+    assert np.mean(z_lesion < z_mid) > 0.55  # lower-zone predominant (LPS +z is superior)
     depth = ndimage.distance_transform_edt(lungs, sampling=ph.truth.GetSpacing()[::-1])
     assert np.mean(depth[t == LESION]) < np.mean(depth[lungs])  # sub-pleural
     assert -750 <= img[t == LESION].mean() <= -300  # ground glass

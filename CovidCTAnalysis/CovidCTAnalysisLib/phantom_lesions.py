@@ -52,18 +52,18 @@ def lobe_of(x, y, z, side: int) -> np.ndarray:
     return np.where(lower, 2, np.where(middle, 1, 0))
 
 
-def _subpleural_centre(anat: Anatomy, rng: np.random.Generator, side: int, radius: float):
-    """A centre just inside the chest wall, low and posterior/lateral more often than not.
+def _subpleural_centre(anat: Anatomy, rng: np.random.Generator, side: int, radius: float, lower: bool = True):
+    """A centre just inside the chest wall of the lower (or upper) zone, posterior/lateral more often than not.
 
     Returns the centre and the in-plane angle of the outward direction (towards the pleura).
     """
     sign = 1.0 if side == LEFT_LUNG else -1.0
     t = np.arange(0.0, 170.0, 1.0)
     for _ in range(60):
-        if rng.random() < 0.75:
-            z = rng.uniform(min(anat.dome_left, anat.dome_right) - 15.0, 0.0)
+        if lower:
+            z = rng.uniform(min(anat.dome_left, anat.dome_right) - 10.0, -20.0)
         else:
-            z = rng.uniform(0.0, 95.0)
+            z = rng.uniform(0.0, 90.0)
         phi = np.deg2rad(rng.uniform(-70.0, 110.0))  # 0 lateral, 90 posterior
         u = np.array([sign * np.cos(phi), np.sin(phi), 0.0])
         start = np.array([anat.lung_centre_x(side), 8.0, z])
@@ -83,11 +83,12 @@ def covid_lesions(anat: Anatomy, rng: np.random.Generator) -> list[Lesion]:
     sides = [LEFT_LUNG, RIGHT_LUNG] + [int(rng.choice([LEFT_LUNG, RIGHT_LUNG], p=[0.45, 0.55])) for _ in range(count - 2)]
     lesions = []
     for side in sides:
-        r_plane = float(rng.uniform(12.0, 30.0))
+        lower = bool(rng.random() < 0.8)  # lower-zone predominant, and the lower lesions are larger
+        r_plane = float(rng.uniform(12.0, 30.0)) * (1.0 if lower else 0.7)
         # flattened against the pleura: the long axis runs along the chest wall
         radii = (r_plane, r_plane * float(rng.uniform(0.55, 0.9)), float(rng.uniform(10.0, 24.0)))
         core = float(rng.uniform(0.3, 0.5)) if rng.random() < 0.4 else 0.0
-        centre, outward = _subpleural_centre(anat, rng, side, radii[1])
+        centre, outward = _subpleural_centre(anat, rng, side, radii[1], lower)
         lesions.append(Lesion(
             side=side, centre=centre, radii=radii,
             rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(-640.0, -460.0)), core=core,
