@@ -158,6 +158,14 @@ def test_labelmap_off_the_source_grid_is_refused(phantom_series, tmp_path):
     assert not (tmp_path / "seg.dcm").exists()
 
 
+def test_labelmap_with_unknown_values_is_refused(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    labels = sitk.GetArrayFromImage(labelmap)
+    labels[0, 0, 0] = 7
+    with pytest.raises(DicomSegError, match=r"labelmap holds values \[7\]"):
+        write_dicom_seg(labelmap_like(labels, volume.image), volume.dicom, tmp_path / "seg.dcm", [MODEL])
+
+
 def test_labelmap_in_reversed_slice_order_is_reindexed(phantom_series, tmp_path, strict_pydicom):
     """Same voxels stored with z reversed (as a viewer may): exported exactly, frames still matched by position."""
     volume, labelmap = phantom_series

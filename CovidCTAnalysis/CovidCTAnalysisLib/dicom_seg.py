@@ -136,6 +136,10 @@ def write_dicom_seg(
         return SegWriteResult(False, reason, None, 0, ())
     datasets = [_read_source(f) for f in source.instance_files]
     labels = sitk.GetArrayFromImage(_on_source_grid(labelmap, datasets))  # (z, y, x) == (frames, rows, columns)
+    if labels.size and (labels.min() < 0 or labels.max() > max(LABEL_NAMES)):
+        unknown = sorted(set(np.unique(labels).tolist()) - {0, *LABEL_NAMES})
+        raise DicomSegError(f"labelmap holds values {unknown[:10]}; expected 0 and our labels {LABEL_NAMES}")
+    labels = labels.astype(np.uint8, copy=False)
     present = [v for v in LABEL_NAMES if np.any(labels == v)]
     empty = tuple(LABEL_NAMES[v] for v in LABEL_NAMES if v not in present)
     if not present:
@@ -148,7 +152,12 @@ def write_dicom_seg(
         log.warning("DICOM SEG: empty segment(s) left out: %s", ", ".join(empty))
     algorithm = _algorithm_identification(models)
     descriptions = [_segment_description(number, value, algorithm) for number, value in enumerate(present, 1)]
-    pixels = np.stack([labels == v for v in present], axis=-1)
+    # A label-map style array (segment number per pixel) rather than a stack of masks: our
+    # segments never overlap, and highdicom then skips a costly overlap check.
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, value in enumerate(present, 1):
+        lut[value] = number
+    pixels = lut[labels]
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=pixels,
