@@ -210,9 +210,8 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def ensureRequirements(self) -> bool:
         """On the first Analyze: ask, then install the missing packages (never at import or module open)."""
-        if not self.logic.isTorchAvailable():
-            slicer.util.errorDisplay(_("PyTorch is not installed. Install the PyTorch extension (Extensions "
-                                       "Manager), use it to install torch, then restart Slicer."))
+        if not self.logic.isTorchAvailable() and not showErrors(_("Installing PyTorch failed."),
+                                                                self.logic.installTorch):
             return False
         missing = self.logic.missingRequirements()
         if not missing:
@@ -301,6 +300,18 @@ class CovidCTAnalysisLogic(ScriptedLoadableModuleLogic):
 
     def installRequirements(self, missing: list) -> None:
         slicer.util.pip_install(missing)
+
+    @staticmethod
+    def installTorch() -> bool:
+        """torch and torchvision come from the PyTorch extension (it asks the user before installing)."""
+        try:
+            import PyTorchUtils
+        except ImportError as e:
+            raise RuntimeError(_("PyTorch is not installed. Install the PyTorch extension in the Extensions "
+                                 "Manager, restart Slicer and press Analyze again.")) from e
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+            raise RuntimeError(_("PyTorch was not installed; the analysis needs it."))
+        return True
 
     @staticmethod
     def isTorchAvailable() -> bool:
