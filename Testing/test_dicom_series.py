@@ -264,3 +264,19 @@ def test_copied_instances_are_read_once(chest):
     vol = load_dicom_series(folder)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image), np.rint(sitk.GetArrayFromImage(image)))
     assert any("ignored 5 duplicate file(s)" in n for n in vol.notes)
+
+
+def test_localizer_inside_the_same_series_is_skipped(tmp_path):
+    """Some scanners put the scout in the CT series itself (same SeriesInstanceUID, another plane)."""
+    image, _ = chest_volume(seed=10)
+    main = write_dicom_series(image, tmp_path / "ct" / "axial")
+    coronal = (1.0, 0, 0, 0, 0, 1.0, 0, -1.0, 0)
+    scout_image, _ = chest_volume(seed=10, size=(64, 20, 1), direction=coronal)
+    scout = write_dicom_series(scout_image, tmp_path / "ct" / "scout", study_instance_uid=main.study_instance_uid,
+                               image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    edit_series(tmp_path / "ct" / "scout", SeriesInstanceUID=main.series_instance_uid)
+    for uid in (None, main.series_instance_uid):
+        vol = load_dicom_series(tmp_path / "ct", series_uid=uid)
+        assert vol.dicom.instance_files == main.files
+        assert any(n.startswith("skipped") and "localizer" in n for n in vol.notes)
+    assert scout.files[0].exists()

@@ -230,12 +230,14 @@ def scan_folder(folder: Path) -> ScanResult:
 
 
 def series_key(h: InstanceHeader) -> str:
-    """SeriesInstanceUID, or (when blank, as in badly anonymised data) what else identifies a series."""
+    """SeriesInstanceUID (or, when blank as in badly anonymised data, what else identifies a series),
+    plus the image plane and size: a series that also holds a localizer or a reformat in another
+    orientation is split into stacks, each of which can be chosen or skipped on its own."""
+    orient = tuple(round(v, 3) + 0.0 for v in h.orientation) if h.orientation else None
+    plane = f"{orient}|{h.rows}x{h.columns}"
     if h.series_instance_uid:
-        return h.series_instance_uid
-    orient = tuple(round(v, 3) for v in h.orientation) if h.orientation else None
-    return (f"no-uid|{h.modality}|{h.series_number}|{h.series_description}|{h.frame_of_reference_uid}|"
-            f"{h.rows}x{h.columns}|{orient}")
+        return f"{h.series_instance_uid}|{plane}"
+    return f"no-uid|{h.modality}|{h.series_number}|{h.series_description}|{h.frame_of_reference_uid}|{plane}"
 
 
 def _describe_rejected(folder: Path, rejected: list[tuple[Path, str]]) -> list[str]:

@@ -80,7 +80,7 @@ def choose_series(scan: ScanResult, series_uid: str | None) -> tuple[SeriesGroup
         if not matches:
             listing = "; ".join(g.describe() for g in groups)
             raise InputError(f"--series-uid {format_uid(wanted)} is not in this folder; it holds: {listing}.")
-        chosen = matches[0]
+        chosen = max(matches, key=lambda g: (not g.is_localizer, len(g.instances)))  # the main stack
         if chosen.modality != "CT":
             raise InputError(f"--series-uid names {chosen.describe()}, whose Modality is "
                              f"'{chosen.modality or 'missing'}'; expected a CT series.")
@@ -103,7 +103,7 @@ def choose_series(scan: ScanResult, series_uid: str | None) -> tuple[SeriesGroup
             continue
         if g.modality != "CT":
             why = f"Modality {g.modality or 'missing'}, not CT"
-        elif series_uid is not None:
+        elif series_uid is not None and g.series_instance_uid != chosen.series_instance_uid:
             why = "not the series named by --series-uid"
         elif g.is_localizer:
             why = "localizer (scout) image"
@@ -132,7 +132,8 @@ def dicom_source_from_files(files: Sequence[Path]) -> DicomSource:
                          f"({rejected[0][1]}); expected the instance files of one series.")
     keys = {series_key(h) for h in headers}
     if len(keys) > 1:
-        raise InputError(f"the files belong to {len(keys)} different series; expected one series.")
+        raise InputError(f"the files belong to {len(keys)} different series or image planes; expected one "
+                         "series of parallel slices.")
     group = SeriesGroup(next(iter(keys)), list(headers))
     geometry = order_slices(group.instances, group.describe())
     return _source_from_geometry(Path(paths[0]).parent, geometry)
