@@ -101,9 +101,10 @@ def test_covid_lesions_are_bilateral_lower_and_peripheral(seed):
     assert -750 <= img[t == LESION].mean() <= -300  # ground glass
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 39])
 def test_pneumonia_is_mostly_one_lung_and_consolidated(seed):
-    ph = cached("pneumonia", seed)
+    # seed 39 once let a large consolidation near the midline spill into the other lung
+    ph = make_phantom("pneumonia", seed, size=(64, 64, 40), direction=random_direction(seed)) if seed == 39 else cached("pneumonia", seed)
     img, t = arrays(ph)
     left, right = sides_of_lesion(ph)
     assert max(left, right) >= 0.8 * (left + right) > 0

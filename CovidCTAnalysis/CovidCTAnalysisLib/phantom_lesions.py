@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .constants import AIR_HU, LEFT_LUNG, LESION, RIGHT_LUNG
-from .phantom_anatomy import Anatomy
+from .phantom_anatomy import MEDIASTINUM_X, Anatomy
 from .phantom_canvas import Canvas, SmoothField, ellipsoid_radius
 from .phantom_vessels import grow_tree, tube_box, tube_weight
 
@@ -117,7 +117,7 @@ def pneumonia_lesions(anat: Anatomy, rng: np.random.Generator) -> tuple[list[Les
     )]
     if rng.random() < 0.25:
         other = RIGHT_LUNG if side == LEFT_LUNG else LEFT_LUNG
-        small = float(rng.uniform(8.0, 14.0))
+        small = float(rng.uniform(6.0, 11.0))
         lesions.append(Lesion(
             side=other, centre=_subpleural_centre(anat, rng, other, small)[0], radii=(small, small, small),
             rotation=np.eye(3), hu=float(rng.uniform(-550.0, -350.0)), core=0.0, core_hu=0.0, paving=False,
@@ -138,7 +138,9 @@ def paint_lesion(canvas: Canvas, lesion: Lesion, field: SmoothField, lobe: int |
     # irregular outline: the radius wobbles with a smooth random field
     rho = rho * (1.0 + 0.22 * field.sample(x.ravel() + off[0], y.ravel() + off[1], z.ravel() + off[2]))
     label = canvas.label[sl]
-    lung = (label == LEFT_LUNG) | (label == RIGHT_LUNG) | (label == LESION)
+    # only the lesion's own lung (a large blob near the midline must not spill into the other lung)
+    own_half = (x - MEDIASTINUM_X) * (1.0 if lesion.side == LEFT_LUNG else -1.0) > 0.0
+    lung = (label == lesion.side) | ((label == LESION) & own_half)
     if lobe is not None:
         lung &= lobe_of(x, y, z, lesion.side) == lobe
     weight = np.clip((1.0 - rho) / lesion.edge, 0.0, 1.0)
