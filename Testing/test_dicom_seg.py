@@ -209,6 +209,22 @@ def test_badly_anonymised_source_loads_but_no_seg(tmp_path, caplog):
     assert "ASSH-4A1B" not in caplog.text  # damaged UIDs are shortened: they can carry the patient ID
 
 
+def test_sop_class_blanked_in_dataset_taken_from_file_meta(tmp_path):
+    """An anonymiser blanked SOPClassUID but the file meta keeps it: the SEG can still reference the images."""
+    image, truth = chest_volume(seed=25)
+    write_dicom_series(image, tmp_path / "ct")
+    edit_series(tmp_path / "ct", SOPClassUID="")
+    volume = load_dicom_series(tmp_path / "ct")
+    assert seg_reference_problem(volume.dicom) is None
+    result = write_dicom_seg(labelmap_like(sitk.GetArrayFromImage(truth), volume.image), volume.dicom,
+                             tmp_path / "seg.dcm", [MODEL])
+    ds = pydicom.dcmread(result.path)
+    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPClassUID == \
+        "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    report = run_dciodvfy(result.path)
+    assert not report.errors, report.output
+
+
 def test_non_dicom_input_says_seg_needs_dicom(phantom_series):
     volume, _ = phantom_series
     nifti = CTVolume(image=volume.image, path=Path("ct.nii.gz"), source_format="nifti")

@@ -300,6 +300,8 @@ def _read_source(path: Path) -> pydicom.Dataset:
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, None)
+    if not str(ds.get("SOPClassUID", "") or "").strip() and "MediaStorageSOPClassUID" in ds.file_meta:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID  # blanked by an anonymiser, kept in the file meta
     return ds
 
 
