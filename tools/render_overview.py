@@ -1,9 +1,10 @@
 """Render the README overview: a synthetic phantom with its segments in axial, coronal and 3-D views.
 
-    python tools/render_overview.py [--seed 3] [--labelmap labelmap.nii.gz] [--output Resources/Screenshots/overview.png]
+    python tools/render_overview.py [--seed 3] [--analysis-dir DIR] [--output Resources/Screenshots/overview.png]
 
-The CT and the segments come from ``phantom.make_phantom("covid", seed)`` and its
-truth, or from an analysis output (``--labelmap``, on the phantom's grid). The 2-D
+The CT comes from ``phantom.make_phantom("covid", seed)``; the segments from its
+truth, or from a ``covidct analyze`` output folder of that phantom (``--analysis-dir``:
+its labelmap.nii.gz, and Dice against the truth from its report.json). The 2-D
 views are drawn from the arrays; the 3-D view is rendered by VTK off-screen
 (EGL, else OSMesa), so no display is needed. The picture stands in for a Slicer
 screenshot; its caption says it is a synthetic phantom and research use only.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
+import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -155,8 +158,10 @@ def renderOverview(image: sitk.Image, labels: sitk.Image, title: str, caption: s
 
     ct, lab = toDisplayGrid(image, labels)
     lesion = lab == constants.LESION
-    zs = lesion.sum(axis=(1, 2)) if lesion.any() else (lab > 0).sum(axis=(1, 2))
-    ys = lesion.sum(axis=(0, 2)) if lesion.any() else (lab > 0).sum(axis=(0, 2))
+    lungs = lab > 0
+    zs = lesion.sum(axis=(1, 2)) if lesion.any() else lungs.sum(axis=(1, 2))
+    # Coronal: a wide lung section that also cuts much lesion.
+    ys = lungs.sum(axis=(0, 2)) * (np.sqrt(lesion.sum(axis=(0, 2))) if lesion.any() else 1)
     z, y = int(np.argmax(zs)), int(np.argmax(ys))
     axial = overlay(ct[z], lab[z])  # radiological: patient's right on the viewer's left, anterior up
     coronal = overlay(ct[:, y, :], lab[:, y, :])[::-1]  # superior up
@@ -174,10 +179,10 @@ def renderOverview(image: sitk.Image, labels: sitk.Image, title: str, caption: s
         ax.text(0.97, 0.5, "L", transform=ax.transAxes, color="white", fontsize=12, va="center")
     handles = [Patch(color=np.array(t.color_rgb) / 255.0, label=constants.LABEL_NAMES[label])
                for label, t in constants.TERMINOLOGY.items()]
-    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=11, bbox_to_anchor=(0.5, 0.06))
+    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=11, bbox_to_anchor=(0.5, 0.075))
     figure.suptitle(title, fontsize=14, fontweight="bold")
-    figure.text(0.5, 0.02, caption, ha="center", fontsize=10, color="#b00000")
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.13, wspace=0.03)
+    figure.text(0.5, 0.015, "\n".join(textwrap.wrap(caption, 170)), ha="center", fontsize=10, color="#b00000")
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.15, wspace=0.03)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     shrinkPng(output)
@@ -196,24 +201,37 @@ def shrinkPng(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
-    parser.add_argument("--labelmap", type=Path, help="analysis labelmap (1/2/3) on the phantom's grid; "
-                                                      "default: the phantom's truth")
+    parser.add_argument("--analysis-dir", type=Path, help="covidct analyze output folder of the phantom written by "
+                                                          "`covidct phantom --kind covid --seed SEED` (default: "
+                                                          "show the phantom's truth)")
     parser.add_argument("--output", type=Path, default=REPO / "Resources" / "Screenshots" / "overview.png")
     args = parser.parse_args(argv)
     from CovidCTAnalysisLib.phantom import make_phantom
 
     phantom = make_phantom("covid", args.seed)
-    if args.labelmap:
-        labels = sitk.ReadImage(str(args.labelmap))
-        source = f"analysis output {args.labelmap.name}"
+    title = f"CovidCTAnalysis: synthetic COVID-19 phantom (seed {args.seed})"
+    caption = "Synthetic phantom, not a patient scan. Research use, not for diagnosis."
+    image = phantom.image
+    if args.analysis_dir:
+        labels = sitk.ReadImage(str(args.analysis_dir / "labelmap.nii.gz"))
+        report = json.loads((args.analysis_dir / "report.json").read_text())
+        analysed = Path(report["input"]["path"])
+        if not analysed.is_file():
+            print(f"error: the analysed CT {analysed} (report.json input.path) is gone; expected the phantom written "
+                  f"by `covidct phantom --kind covid --seed {args.seed}`", file=sys.stderr)
+            return 2
+        image = sitk.ReadImage(str(analysed))  # the CT exactly as analysed (same grid as the labelmap)
+        report = json.loads((args.analysis_dir / "report.json").read_text())
+        title += f", segments from covidct analyze --method {report.get('method')}"
+        if report.get("dice"):
+            dice = ", ".join(f"{k} {v:.2f}" for k, v in report["dice"].items() if v is not None)
+            caption = f"Dice vs the phantom truth: {dice}. " + caption
     else:
         labels = phantom.truth
-        source = "phantom truth"
-    title = f"CovidCTAnalysis: synthetic COVID-19 phantom (seed {args.seed}), segments from the {source}"
-    caption = ("Synthetic phantom, not a patient scan. Research use, not for diagnosis. "
-               "Rendered by tools/render_overview.py (a stand-in for a 3D Slicer screenshot).")
+        title += ", segments from the phantom truth"
+    caption += " Drawn by tools/render_overview.py (a stand-in for a 3D Slicer screenshot)."
     try:
-        out = renderOverview(phantom.image, labels, title, caption, args.output)
+        out = renderOverview(image, labels, title, caption, args.output)
     except RenderingUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
