@@ -225,6 +225,21 @@ def test_sop_class_blanked_in_dataset_taken_from_file_meta(tmp_path):
     assert not report.errors, report.output
 
 
+def test_source_refused_by_highdicom_gives_a_reason_not_a_crash(phantom_series, tmp_path, monkeypatch, caplog):
+    from CovidCTAnalysisLib import dicom_seg
+
+    def refuse(**kwargs):
+        raise ValueError("Source images must have the same Frame of Reference")
+
+    monkeypatch.setattr(dicom_seg, "_build_segmentation", refuse)
+    volume, labelmap = phantom_series
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert not result.written and result.path is None
+    assert result.reason == ("highdicom could not build a SEG from this source (ValueError: Source images must "
+                             "have the same Frame of Reference)")
+    assert "DICOM SEG not written" in caplog.text and not (tmp_path / "seg.dcm").exists()
+
+
 def test_non_dicom_input_says_seg_needs_dicom(phantom_series):
     volume, _ = phantom_series
     nifti = CTVolume(image=volume.image, path=Path("ct.nii.gz"), source_format="nifti")

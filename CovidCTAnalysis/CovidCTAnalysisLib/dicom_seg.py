@@ -158,31 +158,43 @@ def write_dicom_seg(
     for number, value in enumerate(present, 1):
         lut[value] = number
     pixels = lut[labels]
-    seg = hd.seg.Segmentation(
-        source_images=datasets,
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=int(series_number),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER,
-        software_versions=__version__,
-        device_serial_number=f"{MANUFACTURER}-{__version__}",
-        content_label="LUNGS_LESIONS",
-        content_description="Lungs and lesions, automatic; research use, not for diagnosis",
-        content_creator_name="CovidCTAnalysis^",
-        series_description=series_description[:64],
-        omit_empty_frames=True,
-    )
+    try:
+        seg = _build_segmentation(
+            source_images=datasets,
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(series_number),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MANUFACTURER,
+            software_versions=__version__,
+            device_serial_number=f"{MANUFACTURER}-{__version__}",
+            content_label="LUNGS_LESIONS",
+            content_description="Lungs and lesions, automatic; research use, not for diagnosis",
+            content_creator_name="CovidCTAnalysis^",
+            series_description=series_description[:64],
+            omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # highdicom checks the source attributes more strictly than we do; a source it refuses
+        # must not cost the user the rest of the analysis (pipeline: written=false, exit 0).
+        reason = f"highdicom could not build a SEG from this source ({type(exc).__name__}: {str(exc)[:200]})"
+        log.warning("DICOM SEG not written: %s", reason)
+        return SegWriteResult(False, reason, None, 0, empty)
     _fill_type2(seg)
     n_frames = int(seg.NumberOfFrames)
     _save_atomically(seg, output_path)
     log.info("DICOM SEG written: %s (%d frames; segments: %s)", output_path.name, n_frames,
              ", ".join(LABEL_NAMES[v] for v in present))
     return SegWriteResult(True, None, output_path, n_frames, empty)
+
+
+def _build_segmentation(**kwargs: Any) -> hd.seg.Segmentation:
+    """highdicom's constructor (a seam for tests)."""
+    return hd.seg.Segmentation(**kwargs)
 
 
 def _segment_description(number: int, value: int, algorithm: hd.AlgorithmIdentificationSequence
