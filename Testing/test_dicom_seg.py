@@ -197,8 +197,8 @@ def test_badly_anonymised_source_loads_but_no_seg(tmp_path, caplog):
     assert volume.image.GetSize() == image.GetSize()
     problem = seg_reference_problem(volume.dicom)
     assert "SOPInstanceUID is blank on 20 of 20 instances" in problem
-    assert "SeriesInstanceUID '98C1…' (36 characters) is not a valid DICOM UID (UUID string)" in problem
-    assert "StudyInstanceUID '98C1…' (36 characters) is not a valid DICOM UID (UUID string)" in problem
+    assert "SeriesInstanceUID '98C1...' (36 characters) is not a valid DICOM UID (UUID string)" in problem
+    assert "StudyInstanceUID '98C1...' (36 characters) is not a valid DICOM UID (UUID string)" in problem
     assert "FrameOfReferenceUID is missing" in problem
     labelmap = labelmap_like(sitk.GetArrayFromImage(truth), volume.image)
     result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "out" / "seg.dcm", [MODEL])

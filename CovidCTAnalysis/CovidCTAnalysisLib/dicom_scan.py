@@ -122,7 +122,7 @@ def format_uid(value: str | None) -> str:
         return "blank"
     if _is_valid_uid(value):
         return value
-    return f"'{value[:4]}…' ({len(value)} characters)"
+    return f"'{value[:4]}...' ({len(value)} characters)"
 
 
 def uid_problem(value: str | None) -> str | None:
@@ -251,7 +251,7 @@ def _describe_rejected(folder: Path, rejected: list[tuple[Path, str]]) -> list[s
         n = len(paths)
         what = f"{n} file{'s' if n != 1 else ''}"
         if why in ("not DICOM",) or why.startswith("DICOMDIR") or why.startswith("unreadable"):
-            names = ", ".join(_rel(folder, p) for p in paths[:5]) + (", …" if n > 5 else "")
+            names = ", ".join(_rel(folder, p) for p in paths[:5]) + (", ..." if n > 5 else "")
             lines.append(f"ignored {what}: {why}: {names}")
         else:
             lines.append(f"ignored {what}: {why}")
