@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTAnalysisLib import INTENDED_USE, constants
+from CovidCTAnalysisLib.outputs import REPORT_JSON, SEG_NRRD
 
 from .segmentations import loadSegNrrdIntoSegmentationNode
 from .tables import updateTableNodeFromReport
@@ -24,8 +25,6 @@ ROLE_ATTRIBUTE = "CovidCTAnalysis.Role"
 MODELS_ATTRIBUTE = "CovidCTAnalysis.Models"
 SEGMENTATION_ROLE = "segmentation"
 STATISTICS_ROLE = "statistics"
-SEG_NRRD = "segmentation.seg.nrrd"
-REPORT_JSON = "report.json"
 
 
 @dataclass

@@ -20,7 +20,6 @@ from vtk.util import numpy_support
 
 from .volumes import addVolumeNodeFromSitkImage, sitkImageFromVolumeNode
 
-BINARY_LABELMAP = "Binary labelmap"
 EXPECTED_SEGMENTS = tuple(constants.LABEL_NAMES[label] for label in sorted(constants.LABEL_NAMES))
 
 # Names (lower case) a reference segment may carry for each core label; datasets differ.

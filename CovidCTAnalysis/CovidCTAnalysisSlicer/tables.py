@@ -61,11 +61,6 @@ def _referenceMetric(report: dict, segment: dict, keys: tuple[str, ...]) -> floa
     return math.nan
 
 
-def reportHasReference(report: dict) -> bool:
-    """True when the report carries Dice values (a reference segmentation was given)."""
-    return any(not math.isnan(row["Dice"]) for row in statisticsRows(report, withReference=True))
-
-
 def statisticsRows(report: dict, withReference: bool | None = None) -> list[dict[str, Any]]:
     """The table's rows as dicts (column name -> value), in label order.
 
