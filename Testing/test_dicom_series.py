@@ -280,3 +280,16 @@ def test_localizer_inside_the_same_series_is_skipped(tmp_path):
         assert vol.dicom.instance_files == main.files
         assert any(n.startswith("skipped") and "localizer" in n for n in vol.notes)
     assert scout.files[0].exists()
+
+
+def test_write_series_command_line(tmp_path, capsys):
+    from CovidCTAnalysisLib.dicom_write_series import main
+
+    image, _ = chest_volume(seed=12)
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    assert main([str(tmp_path / "ct.nii.gz"), str(tmp_path / "dcm"), "--compress"]) == 0
+    vol = load_dicom_series(tmp_path / "dcm")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image), np.rint(sitk.GetArrayFromImage(image)))
+    np.testing.assert_allclose(vol.image.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert main([str(tmp_path / "ct.nii.gz"), str(tmp_path / "dcm")]) == 4  # never writes into a non-empty folder
+    assert "not an empty folder" in capsys.readouterr().err

@@ -8,12 +8,18 @@ ImagePositionPatient/ImageOrientationPatient from the image's LPS geometry.
 Example::
 
     from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
-    files = write_dicom_series(image, Path("/tmp/phantom_dicom"))
+    written = write_dicom_series(image, Path("/tmp/phantom_dicom"))
+
+From the shell (any image SimpleITK reads, e.g. a phantom written by ``covidct phantom``)::
+
+    python -m CovidCTAnalysisLib.dicom_write_series ct.nii.gz dicom_folder/ [--compress]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,3 +204,30 @@ def read_back_hu(files: Sequence[Path]) -> np.ndarray:
         intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
         slices.append(ds.pixel_array.astype(np.float64) * slope + intercept)
     return np.stack(slices)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Convert an image file (HU) into a DICOM CT series in a new or empty folder."""
+    parser = argparse.ArgumentParser(prog="python -m CovidCTAnalysisLib.dicom_write_series",
+                                     description="Write a CT image (NIfTI/NRRD/MHA, HU) as a DICOM CT series.")
+    parser.add_argument("image", type=Path)
+    parser.add_argument("folder", type=Path, help="output folder (new or empty)")
+    parser.add_argument("--compress", action="store_true", help="RLE Lossless transfer syntax")
+    parser.add_argument("--series-description", default="CovidCTAnalysis synthetic phantom")
+    args = parser.parse_args(argv)
+    if args.folder.exists() and (not args.folder.is_dir() or any(args.folder.iterdir())):
+        print(f"error: {args.folder} exists and is not an empty folder; choose a new folder", file=sys.stderr)
+        return 4
+    try:
+        image = sitk.ReadImage(str(args.image))
+    except RuntimeError:
+        print(f"error: cannot read {args.image} as an image; expected NIfTI, NRRD or MHA", file=sys.stderr)
+        return 2
+    written = write_dicom_series(image, args.folder, compress=args.compress,
+                                 series_description=args.series_description)
+    print(f"wrote {len(written.files)} slices to {args.folder} (SeriesInstanceUID {written.series_instance_uid})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
