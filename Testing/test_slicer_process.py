@@ -188,3 +188,34 @@ def test_missing_requirements_are_found(tmp_path):
     assert missingRequirements(requirements) == ["numpy<1.0", "surely-not-installed-covidct-pkg>=1"]
     # The module's own file is satisfied in the development environment.
     assert missingRequirements(REPO / "CovidCTAnalysis" / "Resources" / "requirements.txt") == []
+
+
+def _writeModel(root: Path, model_id: str, version: str, task: str, demo: bool) -> None:
+    import json as _json
+
+    folder = root / model_id / version
+    folder.mkdir(parents=True)
+    labels = ["Normal", "Pneumonia", "COVID-19"] if task == "classification" else {
+        "0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"}
+    (folder / "metadata.json").write_text(_json.dumps({
+        "id": model_id, "version": version, "task": task, "architecture": {"name": "resnet50", "kwargs": {}},
+        "sha256": "0123456789abcdef" * 4, "trained_on": "synthetic phantoms" if demo else "a dataset",
+        "intended_use": "Research use, not for diagnosis.", "preprocessing": {}, "labels": labels,
+        "eval_metrics": {}, "demo": demo}))
+
+
+def test_model_choices_label_demo_models_and_list_the_default_first(tmp_path):
+    from CovidCTAnalysisSlicer.models import listModelChoices
+
+    _writeModel(tmp_path, "covidct-classifier-demo", "0.2.0", "classification", demo=True)
+    _writeModel(tmp_path, "covidct-classifier", "1.0.0", "classification", demo=False)
+    _writeModel(tmp_path, "covidct-segmenter-demo", "0.1.0", "segmentation", demo=True)
+    choices, message = listModelChoices("classification", str(tmp_path))
+    assert message == ""
+    assert [c.spec for c in choices] == ["covidct-classifier@1.0.0", "covidct-classifier-demo@0.2.0"]
+    assert choices[0].default and not choices[0].demo  # the core prefers a non-demo model; the panel shows it first
+    assert "DEMO" in choices[1].label and "DEMO" not in choices[0].label
+    segmenters, _ = listModelChoices("segmentation", str(tmp_path))
+    assert [c.spec for c in segmenters] == ["covidct-segmenter-demo@0.1.0"] and "DEMO" in segmenters[0].label
+    empty, message = listModelChoices("classification", str(tmp_path / "none"))
+    assert empty == [] and "No classification model is installed" in message
