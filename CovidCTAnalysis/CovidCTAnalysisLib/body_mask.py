@@ -29,11 +29,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+def fill_holes_axial(mask: np.ndarray, max_area_voxels: int | None = None) -> np.ndarray:
     """Fill holes slice by slice in the axial plane (``array[z]``).
 
     Labels the background with in-plane connectivity and keeps as background
     only regions that touch the slice border; faster than iterative filling.
+    With ``max_area_voxels``, larger holes stay open.
     """
     labels, n = ndi.label(~mask, structure=_IN_PLANE)
     if n == 0:
@@ -42,6 +43,9 @@ def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         border[np.unique(edge)] = True
     border[0] = False  # label 0 is the mask itself, which stays
+    if max_area_voxels is not None:
+        border |= np.bincount(labels.ravel(), minlength=n + 1) > max_area_voxels
+        border[0] = False
     return ~border[labels]
 
 

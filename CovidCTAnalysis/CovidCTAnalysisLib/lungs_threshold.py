@@ -15,8 +15,8 @@ Method (on a ~2 mm grid aligned with the patient axes, see ``threshold_grid``):
    lung, not of pure gas (bowel, stomach: median below ``GAS_MEDIAN_HU``), and
    that are not tiny next to the largest, are kept.
 5. Left/right by patient coordinates (``lung_sides``).
-6. Each lung is closed and its axial holes filled, so vessels and dense
-   lesions inside it count as lung.
+6. Each lung is closed and its axial holes up to ``MAX_HOLE_MM2`` filled, so
+   vessels and dense lesions inside it count as lung.
 7. Labels go back to the input grid by nearest-neighbour resampling.
 """
 
@@ -40,6 +40,9 @@ MIN_PIECE_FRACTION = 0.1  # of the largest lung piece: drops oesophageal and str
 GAS_MEDIAN_HU = -950.0  # bowel/stomach gas is nearly pure air; lung has tissue in it
 LUNG_GROW_MM = 20.0  # how far aerated lung may grow into denser (dependent) lung
 LUNG_CLOSING_MM = 6.0  # closes over vessels and lesions at the lung edge
+# Axial holes up to this size are filled (vessels, nodules, lesions); larger
+# ones are the diaphragm dome seen from above, or the heart, and stay out.
+MAX_HOLE_MM2 = 700.0
 COMPARE_FLAG_FRACTION = 0.15
 
 
@@ -105,7 +108,8 @@ def _fill_each_lung(labels: np.ndarray, body: np.ndarray, spacing: tuple[float, 
         closed = sitk.BinaryMorphologicalClosing(image, radius, sitk.sitkBall)
         crop = tuple(slice(p, -p) for p in pad)
         closed_arr = sitk.GetArrayViewFromImage(closed)[crop].astype(bool)
-        filled = fill_holes_axial(closed_arr | mask) & body[box]
+        max_hole = int(MAX_HOLE_MM2 / (spacing[0] * spacing[1]))
+        filled = fill_holes_axial(closed_arr | mask, max_hole) & body[box]
         region = out[box]
         region[filled & (region == 0)] = value
     return out
