@@ -105,7 +105,9 @@ def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
         if small.size == 0:
             continue
         near_other = ndi.binary_dilation(sub == other)
-        touching = small[np.asarray(ndi.maximum(near_other, lab, small)) > 0]
+        # bincount instead of ndi.maximum: the latter sorts all voxels by label (seconds on a CT)
+        touches = np.bincount(lab[near_other], minlength=n + 1) > 0
+        touching = small[touches[small]]
         if touching.size:
             table = np.zeros(n + 1, dtype=bool)
             table[touching] = True

@@ -112,12 +112,12 @@ def _separable_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, s
         weights.append(_linear_weights(pos, grid.GetOrigin()[lps], grid.GetSpacing()[lps], grid.GetSize()[lps]))
     p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
     (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = weights
+    p = torch.lerp(p[..., x0], p[..., x1], wx)  # x first, on the coarse z/y: small
     for start in range(0, view.shape[0], slab):
         sl = slice(start, min(start + slab, view.shape[0]))
-        a = p[:, z0[sl]] * (1 - wz[sl]).view(1, -1, 1, 1) + p[:, z1[sl]] * wz[sl].view(1, -1, 1, 1)
-        a = a[:, :, y0] * (1 - wy).view(1, 1, -1, 1) + a[:, :, y1] * wy.view(1, 1, -1, 1)
-        a = a[..., x0] * (1 - wx) + a[..., x1] * wx
-        view[sl] = torch.argmax(a, dim=0).to(torch.uint8).numpy()
+        a = torch.lerp(p[:, z0[sl]], p[:, z1[sl]], wz[sl].view(1, -1, 1, 1))
+        a = torch.lerp(a[:, :, y0], a[:, :, y1], wy.view(1, 1, -1, 1))
+        view[sl] = np.argmax(a.numpy(), axis=0)  # numpy's argmax over the channel axis is ~ 7x torch's here
     return out
 
 
