@@ -121,10 +121,22 @@ def test_seg_content_terminology_algorithm_references(phantom_series, tmp_path, 
     assert again.SeriesInstanceUID != ds.SeriesInstanceUID and again.SOPInstanceUID != ds.SOPInstanceUID
 
 
-def test_threshold_method_identified_when_no_model(phantom_series, tmp_path):
+def test_threshold_method_identified_when_no_segmentation_model(phantom_series, tmp_path):
     volume, labelmap = phantom_series
-    ds = pydicom.dcmread(write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", []).path)
-    assert ds.SegmentSequence[0].SegmentAlgorithmName == "CovidCTAnalysis threshold method"
+    classifier = {"id": "covidct-classifier", "version": "2.0.0", "task": "classification", "demo": False}
+    for models in ([], [classifier]):  # a classifier did not make the labelmap
+        ds = pydicom.dcmread(write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", models).path)
+        assert ds.SegmentSequence[0].SegmentAlgorithmName == "CovidCTAnalysis threshold method"
+        assert ds.ContentDescription == "Lungs and lesions, automatic; research use, not for diagnosis"
+
+
+def test_demo_label_survives_long_model_ids(phantom_series, tmp_path):
+    volume, labelmap = phantom_series
+    model = {**MODEL, "id": "x" * 70}
+    ds = pydicom.dcmread(write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [model]).path)
+    name = ds.SegmentSequence[0].SegmentAlgorithmName
+    assert len(name) == 64 and name.endswith("[DEMO: synthetic phantoms]")
+    assert "DEMO" in ds.ContentDescription and "not for diagnosis" in ds.ContentDescription
 
 
 def test_empty_lesion_segment_left_out_with_warning(phantom_series, tmp_path, caplog, strict_pydicom):

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERIES_DESCRIPTION = "CovidCTAnalysis lungs and lesions (research)"
 DEFAULT_SERIES_NUMBER = 1000
+DEMO_TAG = "[DEMO: synthetic phantoms]"
 MANUFACTURER = "CovidCTAnalysis"
 NEEDS_DICOM_SOURCE = ("DICOM SEG needs a DICOM source series (the input was {fmt}); load a DICOM folder "
                       "to export a DICOM SEG")
@@ -173,7 +174,7 @@ def write_dicom_seg(
             software_versions=__version__,
             device_serial_number=f"{MANUFACTURER}-{__version__}",
             content_label="LUNGS_LESIONS",
-            content_description="Lungs and lesions, automatic; research use, not for diagnosis",
+            content_description=_content_description(models),
             content_creator_name="CovidCTAnalysis^",
             series_description=series_description[:64],
             omit_empty_frames=True,
@@ -222,16 +223,25 @@ def _code(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
 
 def _algorithm_identification(models: Sequence[Any]) -> hd.AlgorithmIdentificationSequence:
     """Name and version of what made the labelmap: the segmentation model(s), or the threshold method."""
-    infos = [_model_info(m) for m in models]
-    seg_models = [i for i in infos if i.get("task") in (None, "segmentation")] or infos
+    # Only segmentation models made the labelmap; a classifier alone means the threshold method did.
+    seg_models = [i for i in (_model_info(m) for m in models) if i.get("task") in (None, "segmentation")]
     if not seg_models:
         return hd.AlgorithmIdentificationSequence(
             name="CovidCTAnalysis threshold method", version=__version__,
             family=codes.cid7162.HistogramAnalysis)
-    name = " + ".join(str(i["id"]) + (" [DEMO: synthetic phantoms]" if i.get("demo") else "") for i in seg_models)
+    demo = any(i.get("demo") for i in seg_models)
+    tag = f" {DEMO_TAG}" if demo else ""
+    name = " + ".join(str(i["id"]) for i in seg_models)[: 64 - len(tag)] + tag  # LO: 64 characters; keep the tag
     version = " + ".join(str(i["version"]) for i in seg_models)
-    return hd.AlgorithmIdentificationSequence(name=name[:64], version=version[:64],
+    return hd.AlgorithmIdentificationSequence(name=name, version=version[:64],
                                               family=codes.cid7162.ArtificialIntelligence)
+
+
+def _content_description(models: Sequence[Any]) -> str:
+    """ContentDescription (LO, 64 characters): a demo model is labelled as such in the file itself."""
+    if any(_model_info(m).get("demo") for m in models):
+        return "DEMO model (synthetic phantoms); research use, not for diagnosis"
+    return "Lungs and lesions, automatic; research use, not for diagnosis"
 
 
 def _model_info(model: Any) -> dict[str, Any]:
