@@ -91,9 +91,9 @@ def covid_lesions(anat: Anatomy, rng: np.random.Generator) -> list[Lesion]:
         centre, outward = _subpleural_centre(anat, rng, side, radii[1], lower)
         lesions.append(Lesion(
             side=side, centre=centre, radii=radii,
-            rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(-640.0, -460.0)), core=core,
+            rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(-680.0, -450.0)), core=core,
             core_hu=float(rng.uniform(-120.0, 10.0)), paving=bool(rng.random() < 0.35),
-            edge=float(rng.uniform(0.15, 0.3)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
+            edge=float(rng.uniform(0.2, 0.4)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
         ))
     return lesions
 
@@ -147,7 +147,7 @@ def paint_lesion(canvas: Canvas, lesion: Lesion, field: SmoothField, lobe: int |
     c = lesion.centre
     fine = field.sample(2.5 * (x.ravel() - c[0]) - off[1], 2.5 * (y.ravel() - c[1]) + off[2],
                         2.5 * (z.ravel() - c[2]) + off[0])
-    target = lesion.hu + 45.0 * fine
+    target = lesion.hu + 55.0 * fine  # heterogeneous ground glass
     if lesion.paving:
         # thickened septa: thin planes every ~ 6 mm in three directions (polygonal "paving stones")
         q = np.stack(np.broadcast_arrays(x, y, z))
