@@ -8,8 +8,6 @@ Research use, not for diagnosis.
 
 import logging
 import os
-import shutil
-import sys
 from typing import Annotated
 
 import qt
@@ -17,7 +15,7 @@ import slicer
 import vtk
 from CovidCTAnalysisSlicer import dicom_export, requirements
 from CovidCTAnalysisSlicer.models import DEVICE_CHOICES, SEGMENT_CHOICES, listModelChoices
-from CovidCTAnalysisSlicer.process import AnalyzeOptions
+from CovidCTAnalysisSlicer.process import AnalyzeOptions, findPythonSlicer
 from CovidCTAnalysisSlicer.progress_events import formatLogLine
 from CovidCTAnalysisSlicer.results import classificationText, provenanceLine, researchNote
 from CovidCTAnalysisSlicer.run import AnalysisRun
@@ -313,19 +311,8 @@ class CovidCTAnalysisLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("PyTorch was not installed; the analysis needs it."))
         return True
 
-    @staticmethod
-    def isTorchAvailable() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("torch") is not None
-
-    @staticmethod
-    def pythonSlicerExecutable() -> str:
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
-        return os.path.join(os.path.dirname(sys.executable), name)
+    isTorchAvailable = staticmethod(requirements.isTorchAvailable)
+    pythonSlicerExecutable = staticmethod(findPythonSlicer)
 
     def startAnalysis(self, parameterNode) -> AnalysisRun:
         """Write the inputs to a temp folder and start ``covidct analyze --progress json`` in the background."""

@@ -219,3 +219,19 @@ def test_model_choices_label_demo_models_and_list_the_default_first(tmp_path):
     assert [c.spec for c in segmenters] == ["covidct-segmenter-demo@0.1.0"] and "DEMO" in segmenters[0].label
     empty, message = listModelChoices("classification", str(tmp_path / "none"))
     assert empty == [] and "No classification model is installed" in message
+
+
+def test_python_slicer_is_found_on_path_or_beside_the_interpreter(tmp_path, monkeypatch):
+    from CovidCTAnalysisSlicer.process import findPythonSlicer
+
+    bin_dir = tmp_path / "Slicer" / "bin"
+    bin_dir.mkdir(parents=True)
+    launcher = bin_dir / ("PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer")
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert findPythonSlicer(str(bin_dir / "python-real")) == str(launcher)
+    with pytest.raises(FileNotFoundError, match="PythonSlicer was not found"):
+        findPythonSlicer(str(tmp_path / "elsewhere" / "python"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert findPythonSlicer(str(tmp_path / "elsewhere" / "python")) == str(launcher)

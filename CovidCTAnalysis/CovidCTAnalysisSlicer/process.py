@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,22 @@ def buildAnalyzeCommand(pythonExecutable: str, inputPath: str | Path, outputDir:
     if options.force:
         command.append("--force")
     return command
+
+
+def findPythonSlicer(executable: str | None = None) -> str:
+    """The ``PythonSlicer`` launcher: on PATH (Slicer puts its bin folder there), else beside ``executable``.
+
+    ``PythonSlicer`` sets up Slicer's library paths before starting Python, so the
+    subprocess sees the same packages as Slicer (those installed on first Analyze included).
+    """
+    name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    candidate = Path(executable or sys.executable).parent / name
+    if not candidate.is_file():
+        raise FileNotFoundError(f"PythonSlicer was not found on PATH nor at {candidate}; expected a Slicer installation")
+    return str(candidate)
 
 
 def environmentWithModulePath(moduleDir: str | Path, baseEnvironment: dict[str, str] | None = None) -> dict[str, str]:

@@ -53,6 +53,13 @@ def _installedVersion(name: str) -> str | None:
         return None
 
 
+def isTorchAvailable() -> bool:
+    """True when torch can be imported (it comes from the PyTorch extension, never from this file)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def missingRequirements(path: str | Path) -> list[str]:
     """The requirement lines of ``path`` that are not installed in a satisfying version."""
     return [line for line in readRequirements(path) if not isSatisfied(line)]
