@@ -1,0 +1,280 @@
+"""Training end to end, one public dataset layout at a time.
+
+Each test builds a tiny fake dataset in the layout from synthetic phantoms, trains one
+epoch, exports the model folder, installs it and runs ``covidct analyze`` with it.
+The networks are tiny-input/low-resolution so this runs on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytestmark = pytest.mark.slow  # trains networks
+
+SIZE = (64, 64, 48)
+SEEDS = (0, 1, 2)
+KINDS = ("normal", "pneumonia", "covid")
+CLS_ARGS = ["--epochs", "1", "--input-size", "32", "--max-slices-per-case", "3", "--batch-size", "4",
+            "--threads", "2", "--device", "cpu", "--optimizer", "sgd", "--lr", "1e-3"]
+SEG_ARGS = ["--epochs", "1", "--spacing", "8,8,8", "--roi", "32,32,32", "--batch-size", "2", "--threads", "2",
+            "--device", "cpu", "--channels", "4,8,16", "--strides", "2,2", "--num-res-units", "1", "--margin-mm", "5"]
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    from CovidCTAnalysisLib.phantom import make_phantom
+
+    return {(k, s): make_phantom(k, s, size=SIZE) for s in SEEDS for k in KINDS}
+
+
+@pytest.fixture(scope="module")
+def registry_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _export_install(run_dir: Path, model_id: str, root: Path) -> dict:
+    from CovidCTAnalysisLib.model_registry import ModelRegistry
+
+    from training.export import export
+
+    meta = export(run_dir, run_dir.parent / f"{model_id}-folder", model_id, "0.0.1", demo=True)
+    installed = ModelRegistry(root).install(run_dir.parent / f"{model_id}-folder")
+    assert installed.sha256 == meta.sha256
+    return json.loads((run_dir.parent / f"{model_id}-folder" / "metadata.json").read_text())
+
+
+def _analyze(image: Path, out: Path, root: Path, classifier: str, segmenter: str | None) -> dict:
+    from CovidCTAnalysisLib.cli import main
+
+    args = ["analyze", str(image), "--output-dir", str(out), "--models-dir", str(root), "--classifier", classifier,
+            "--progress", "none", "--device", "cpu"]
+    args += ["--segment", "always", "--segmenter", segmenter] if segmenter else ["--segment", "never"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    ids = [m["id"] for m in report["models"]]
+    assert classifier in ids and (segmenter is None or segmenter in ids)
+    assert all(m["demo"] for m in report["models"])
+    return report
+
+
+@pytest.fixture(scope="module")
+def classifier_id(phantoms, registry_root, tmp_path_factory) -> str:
+    """The phantoms layout (d): also the classifier every segmenter test analyses with."""
+    from training import train_classifier
+
+    work = tmp_path_factory.mktemp("cls_phantoms")
+    assert train_classifier.main(["--dataset", "phantoms", "--phantom-seeds", "0-2", "--phantom-spacing", "7",
+                                  "--output-dir", str(work / "run"), *CLS_ARGS]) == 0
+    meta = _export_install(work / "run", "t-cls-phantoms", registry_root)
+    assert meta["demo"] is True and "phantoms" in meta["trained_on"]
+    split = meta["training_data"]["split"]
+    # all kinds of one phantom seed (one synthetic patient) are on the same side of the split
+    for seed in SEEDS:
+        sides = {("train" if f"phantom-{k}-{seed}" in split["train"] else "val") for k in KINDS}
+        assert len(sides) == 1
+    return "t-cls-phantoms"
+
+
+@pytest.fixture(scope="module")
+def covid_image(phantoms, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "covid.nii.gz"
+    sitk.WriteImage(phantoms[("covid", 2)].image, str(path))
+    return path
+
+
+def test_phantoms_layout_classifier_analyze(classifier_id, registry_root, covid_image, tmp_path):
+    report = _analyze(covid_image, tmp_path / "out", registry_root, classifier_id, None)
+    assert report["classification"]["label"] in ("Normal", "Pneumonia", "COVID-19")
+
+
+def _gray_png(hu: np.ndarray) -> np.ndarray:
+    return (np.clip((hu + 1350.0) / 1500.0, 0, 1) * 255).round().astype(np.uint8)  # a lung window
+
+
+def test_folders_layout(phantoms, registry_root, covid_image, tmp_path):
+    from PIL import Image
+
+    from training import train_classifier
+    from training.classifier_data import folders_cases
+
+    root = tmp_path / "kaggle"
+    names = {"normal": "NORMAL2_CT", "pneumonia": "PNEUMONIA2_CT", "covid": "COVID2_CT"}
+    for (kind, seed), ph in phantoms.items():
+        hu = sitk.GetArrayFromImage(ph.image)
+        truth = sitk.GetArrayFromImage(ph.truth)
+        zs = [z for z in range(hu.shape[0]) if (truth[z] > 0).any()][::6]
+        (root / names[kind]).mkdir(parents=True, exist_ok=True)
+        for z in zs:
+            Image.fromarray(_gray_png(hu[z])).save(root / names[kind] / f"patient{seed}_{z}.png")
+    cases = folders_cases(root)
+    assert len(cases) == 9 and all(len(c.slice_files) > 1 for c in cases)  # slices grouped by patient
+    run = tmp_path / "run"
+    assert train_classifier.main(["--dataset", "folders", "--data-root", str(root), "--mode", "gray_png",
+                                  "--windows=-600,1500", "--output-dir", str(run), *CLS_ARGS]) == 0
+    meta = _export_install(run, "t-cls-folders", registry_root)
+    assert meta["preprocessing"]["mode"] == "gray_png" and meta["preprocessing"]["input_size"] == 32
+    split = meta["training_data"]["split"]
+    assert not set(split["train"]) & set(split["val"])
+    _analyze(covid_image, tmp_path / "out", registry_root, "t-cls-folders", None)
+
+
+def test_covid_ct_md_layout_dicom_index_and_slice_labels(phantoms, registry_root, covid_image, tmp_path):
+    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
+
+    from training import train_classifier
+    from training.classifier_data import covid_ct_md_cases
+    from training.classifier_slices import volume_slices
+
+    root = tmp_path / "COVID-CT-MD"
+    folders = {"normal": "Normal subjects", "pneumonia": "CAP subjects", "covid": "COVID-19 subjects"}
+    rows, labels = [], []
+    for (kind, seed), ph in sorted(phantoms.items()):
+        pid = f"{kind[:3]}{seed:03d}"
+        write_dicom_series(ph.image, root / folders[kind] / pid)
+        if kind != "normal":
+            lesion_by_z = (sitk.GetArrayFromImage(ph.truth) == 3).reshape(SIZE[2], -1).any(axis=1)
+            rows.append([len(rows), "COVID-19" if kind == "covid" else "CAP", f"./{kind}/", pid])
+            upstream = np.zeros(60, dtype=np.uint8)  # padded rows, index 0 = most superior slice
+            upstream[:SIZE[2]] = lesion_by_z[::-1]  # phantom z runs inferior -> superior
+            labels.append(upstream)
+    with open(root / "Index.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["Label Index", "Diagnosis", "Relative Path", "Folder/ID"], *rows])
+    np.save(root / "Slice-level-labels.npy", np.stack(labels))
+    cases = covid_ct_md_cases(root)
+    assert len(cases) == 9
+    cov = next(c for c in cases if c.patient_id == "cov001")
+    picked = volume_slices(cov, {"input_size": 32})
+    truth = sitk.GetArrayFromImage(phantoms[("covid", 1)].truth)
+    assert picked.z and all((truth[z] == 3).any() for z in picked.z)  # only lesion slices, order undone
+    run = tmp_path / "run"
+    assert train_classifier.main(["--dataset", "covid-ct-md", "--data-root", str(root), "--output-dir", str(run),
+                                  *CLS_ARGS]) == 0
+    _export_install(run, "t-cls-ctmd", registry_root)
+    _analyze(covid_image, tmp_path / "out", registry_root, "t-cls-ctmd", None)
+
+
+def test_nifti_csv_layout(phantoms, registry_root, covid_image, tmp_path):
+    from training import train_classifier
+
+    rows = [["image", "class", "patient_id"]]
+    for (kind, seed), ph in phantoms.items():
+        sitk.WriteImage(ph.image, str(tmp_path / f"{kind}{seed}.nii.gz"))
+        rows.append([f"{kind}{seed}.nii.gz", {"covid": "COVID-19", "pneumonia": "CAP", "normal": "Normal"}[kind],
+                     f"{kind}{seed}"])
+    with open(tmp_path / "cases.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = tmp_path / "run"
+    assert train_classifier.main(["--dataset", "nifti-csv", "--csv", str(tmp_path / "cases.csv"),
+                                  "--output-dir", str(run), *CLS_ARGS]) == 0
+    meta = _export_install(run, "t-cls-csv", registry_root)
+    assert meta["training_data"]["dataset"]["patients"] == {"Normal": 3, "Pneumonia": 3, "COVID-19": 3}
+    _analyze(covid_image, tmp_path / "out", registry_root, "t-cls-csv", None)
+
+
+def _write(img: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+
+
+def _seg_roundtrip(args: list[str], model_id: str, classifier_id: str, registry_root: Path, covid_image: Path,
+                   tmp_path: Path) -> dict:
+    from training import train_segmenter
+
+    run = tmp_path / "run"
+    assert train_segmenter.main([*args, "--output-dir", str(run), *SEG_ARGS]) == 0
+    assert (run / "checkpoint_best.pt").is_file() and (run / "tensorboard").is_dir()
+    meta = _export_install(run, model_id, registry_root)
+    report = _analyze(covid_image, tmp_path / "out", registry_root, classifier_id, model_id)
+    assert report["segments"]
+    return meta
+
+
+def test_covid_ct_seg_zenodo_layout(phantoms, classifier_id, registry_root, covid_image, tmp_path):
+    from training.segmenter_data import covid_ct_seg_cases, read_image_hu
+
+    root = tmp_path / "zenodo"
+    for i, seed in enumerate(SEEDS):
+        ph = phantoms[("covid", seed)]
+        name = f"coronacases_{i + 1:03d}.nii.gz" if i < 2 else "radiopaedia_4_85506_1.nii.gz"
+        image = ph.image
+        if name.startswith("radiopaedia"):  # stored as the dataset does: lung window scaled to 0..255
+            image = sitk.Cast(sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), lowerBound=-1250, upperBound=250)
+                              * (255.0 / 1500.0) + 1250 * 255.0 / 1500.0, sitk.sitkFloat32)
+        _write(image, root / "COVID-19-CT-Seg_20cases" / name)
+        _write(ph.truth, root / "Lung_and_Infection_Mask" / name)
+    cases = covid_ct_seg_cases(root)
+    radio = next(c for c in cases if c.case_id.startswith("radiopaedia"))
+    hu = sitk.GetArrayFromImage(read_image_hu(radio))
+    assert hu.min() < -1000 and radio.notes  # mapped back to HU
+    meta = _seg_roundtrip(["--dataset", "covid-ct-seg", "--data-root", str(root), "--optimizer", "adam"],
+                          "t-seg-zenodo", classifier_id, registry_root, covid_image, tmp_path)
+    assert meta["labels"] == {"0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"}
+    assert meta["training"]["lr"] == 1e-4  # the paper's rate for 4 labels
+
+
+def test_covid_ct_seg_kaggle_layout_and_side_check(phantoms, classifier_id, registry_root, covid_image, tmp_path):
+    from training.segmenter_data import covid_ct_seg_cases, read_label
+
+    root = tmp_path / "kaggle"
+    rows = [["ct_scan", "lung_mask", "infection_mask", "lung_and_infection_mask"]]
+    for i, seed in enumerate(SEEDS):
+        ph = phantoms[("covid", seed)]
+        truth = ph.truth
+        if i == 0:  # a case whose "left" label sits on the patient's right
+            arr = sitk.GetArrayFromImage(truth)
+            swapped = arr.copy()
+            swapped[arr == 1], swapped[arr == 2] = 2, 1
+            truth = sitk.GetImageFromArray(swapped)
+            truth.CopyInformation(ph.truth)
+        _write(ph.image, root / "ct_scans" / f"coronacases_org_{i + 1:03d}.nii")
+        _write(truth, root / "lung_and_infection_mask" / f"coronacases_{i + 1:03d}.nii")
+        base = "../input/covid19-ct-scans"
+        rows.append([f"{base}/ct_scans/coronacases_org_{i + 1:03d}.nii", "", "",
+                     f"{base}/lung_and_infection_mask/coronacases_{i + 1:03d}.nii"])
+    with open(root / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    cases = covid_ct_seg_cases(root)
+    assert [c.case_id for c in cases] == ["coronacases_001", "coronacases_002", "coronacases_003"]
+    with pytest.warns(UserWarning, match="swapped"):
+        read_label(cases[0], 4, sides="warn")
+    fixed = sitk.GetArrayFromImage(read_label(cases[0], 4, sides="fix"))
+    assert np.array_equal(fixed, sitk.GetArrayFromImage(phantoms[("covid", 0)].truth))
+    _seg_roundtrip(["--dataset", "covid-ct-seg", "--data-root", str(root), "--sides", "fix", "--optimizer", "adam"],
+                   "t-seg-kaggle", classifier_id, registry_root, covid_image, tmp_path)
+
+
+def test_covid19_20_layout_two_labels(phantoms, classifier_id, registry_root, covid_image, tmp_path):
+    root = tmp_path / "COVID-19-20" / "Train"
+    for seed in SEEDS:
+        ph = phantoms[("covid", seed)]
+        _write(ph.image, root / f"volume-covid19-A-{seed:04d}_ct.nii.gz")
+        _write(sitk.Cast(ph.truth == 3, sitk.sitkUInt8), root / f"volume-covid19-A-{seed:04d}_seg.nii.gz")
+    meta = _seg_roundtrip(["--dataset", "covid-19-20", "--data-root", str(root.parent)], "t-seg-c1920",
+                          classifier_id, registry_root, covid_image, tmp_path)
+    assert meta["labels"] == {"0": "background", "1": "Lesion"}
+    assert meta["training"]["lr"] == 5e-4 and meta["training"]["momentum"] == 0.95  # paper, 2 labels
+
+
+def test_phantoms_layout_segmenter_evaluate_records_metrics(classifier_id, registry_root, covid_image, tmp_path):
+    from training import evaluate
+
+    meta = _seg_roundtrip(["--dataset", "phantoms", "--phantom-seeds", "0-2", "--phantom-kinds", "covid",
+                           "--phantom-spacing", "7", "--optimizer", "adam"], "t-seg-phantoms", classifier_id,
+                          registry_root, covid_image, tmp_path)
+    assert meta["eval_metrics"]["status"].startswith("not evaluated")
+    folder = tmp_path / "t-seg-phantoms-folder"
+    assert evaluate.main(["--model-dir", str(folder), "--dataset", "phantoms", "--phantom-seeds", "50",
+                          "--phantom-kinds", "covid", "--phantom-spacing", "7", "--threads", "2",
+                          "--device", "cpu"]) == 0
+    m = json.loads((folder / "metadata.json").read_text())["eval_metrics"]
+    assert set(m["per_class"]) == {"Left lung", "Right lung", "Lesion"}
+    assert 0.0 <= m["per_class"]["Left lung"]["dice_mean"] <= 1.0 and m["n_cases"] == 1
+    from CovidCTAnalysisLib.model_registry import ModelRegistry
+
+    ModelRegistry(tmp_path / "again").install(folder)  # still a valid model folder (sha256 unchanged)
