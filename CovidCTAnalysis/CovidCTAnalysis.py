@@ -17,7 +17,7 @@ from CovidCTAnalysisSlicer import dicom_export, requirements
 from CovidCTAnalysisSlicer.models import DEVICE_CHOICES, SEGMENT_CHOICES, listModelChoices
 from CovidCTAnalysisSlicer.process import AnalyzeOptions, findPythonSlicer
 from CovidCTAnalysisSlicer.progress_events import formatLogLine
-from CovidCTAnalysisSlicer.results import classificationText, provenanceLine, researchNote
+from CovidCTAnalysisSlicer.results import parameterValues
 from CovidCTAnalysisSlicer.run import AnalysisRun
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
@@ -340,17 +340,9 @@ class CovidCTAnalysisLogic(ScriptedLoadableModuleLogic):
         """Load the outputs into the scene (replacing earlier results) and store the class on the parameter node."""
         run, self.run = self.run, None
         results = run.finish(slicer.mrmlScene)
-        probabilities = results.probabilities
         with slicer.util.NodeModify(parameterNode):
-            parameterNode.resultClass = results.classLabel
-            parameterNode.probabilityNormal = probabilities.get("Normal", 0.0)
-            parameterNode.probabilityPneumonia = probabilities.get("Pneumonia", 0.0)
-            parameterNode.probabilityCovid = probabilities.get("COVID-19", 0.0)
-            parameterNode.resultSummary = classificationText(results.report)
-            parameterNode.resultProvenance = provenanceLine(results.report)
-            parameterNode.resultNote = researchNote(results.report)
-            parameterNode.outputSegmentation = results.segmentationNode
-            parameterNode.outputTable = results.tableNode
+            for name, value in parameterValues(results).items():
+                setattr(parameterNode, name, value)
         if results.segmentationNode is not None:
             slicer.util.setSliceViewerLayers(background=run.volumeNode, fit=True)
         return results

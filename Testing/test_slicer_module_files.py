@@ -112,6 +112,16 @@ def test_ui_custom_widgets_are_declared_and_scene_is_passed():
     assert mrmlWidgets <= receivers, f"{sorted(mrmlWidgets - receivers)} never get the MRML scene"
 
 
+def test_result_values_are_parameter_node_fields():
+    from CovidCTAnalysisSlicer.results import AnalysisResults, parameterValues
+
+    values = parameterValues(AnalysisResults(report={"classification": {"label": "Normal", "probabilities": {
+        "Normal": 0.7, "Pneumonia": 0.2, "COVID-19": 0.1}}}))
+    assert set(values) <= set(parameterNodeFields())
+    assert (values["resultClass"], values["probabilityNormal"], values["probabilityCovid"]) == ("Normal", 0.7, 0.1)
+    assert "not for diagnosis" in values["resultNote"].lower()
+
+
 def test_ui_shows_research_use_note():
     texts = [s.text or "" for s in ET.parse(UI_FILE).getroot().iter("string")]
     assert any("not for diagnosis" in t.lower() for t in texts)

@@ -104,6 +104,22 @@ def researchNote(report: dict[str, Any]) -> str:
     return note
 
 
+def parameterValues(results: AnalysisResults) -> dict[str, Any]:
+    """The parameter-node fields a finished analysis sets (class, probabilities, lines shown, result nodes)."""
+    probabilities = results.probabilities
+    return {
+        "resultClass": results.classLabel,
+        "probabilityNormal": probabilities.get("Normal", 0.0),
+        "probabilityPneumonia": probabilities.get("Pneumonia", 0.0),
+        "probabilityCovid": probabilities.get("COVID-19", 0.0),
+        "resultSummary": classificationText(results.report),
+        "resultProvenance": provenanceLine(results.report),
+        "resultNote": researchNote(results.report),
+        "outputSegmentation": results.segmentationNode,
+        "outputTable": results.tableNode,
+    }
+
+
 def findResultNode(scene, className: str, volumeNode, role: str):
     """The result node of ``role`` made earlier for ``volumeNode``, or None."""
     nodes = scene.GetNodesByClass(className)
