@@ -199,34 +199,56 @@ def lung_extent(lungs: sitk.Image, min_area_mm2: float = 100.0) -> LungExtent:
     )
 
 
+def _physical_x(image: sitk.Image, index_zyx: tuple[np.ndarray, ...] | np.ndarray) -> np.ndarray:
+    """LPS x (mm, + = patient's left) of array indices (z, y, x)."""
+    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    sx, sy, sz = image.GetSpacing()
+    z, y, x = (np.asarray(v, dtype=float) for v in index_zyx)
+    return image.GetOrigin()[0] + d[0, 0] * sx * x + d[0, 1] * sy * y + d[0, 2] * sz * z
+
+
+def _lesions_to_sides(labels: np.ndarray, image: sitk.Image, midline_x: float) -> np.ndarray:
+    """Lesion voxels (3) become left or right lung by their side of ``midline_x`` (LPS mm)."""
+    lesion = np.nonzero(labels == LESION)
+    if lesion[0].size == 0:
+        return labels
+    out = labels.copy()
+    out[lesion] = np.where(_physical_x(image, lesion) > midline_x, LEFT_LUNG, RIGHT_LUNG)
+    return out
+
+
 def compare_lungs(model_labels: sitk.Image, threshold_lungs: sitk.Image) -> dict:
     """Cross-check a model's lung volumes against the threshold lungs.
 
-    Lesion voxels (label 3) of the model count towards the lung that the
-    threshold method puts them in (or the nearer lung if it has none there).
-    ``rel_diff`` per side is |V_model - V_threshold| / V_threshold; ``flag`` is
-    set when either exceeds 15 %.
+    Either image may hold lesion voxels (label 3); as lesions are part of a
+    lung they count towards the lung on their side of the midpoint between the
+    threshold lungs' centres (patient coordinates). The model labels are
+    resampled (nearest neighbour) onto the threshold grid. Returns
+    ``{"left": rel_diff, "right": rel_diff, "flag": bool, "message": str}``
+    plus the volumes (``left_ml_model`` ...), where rel_diff is
+    |V_model - V_threshold| / V_threshold (inf if the threshold lung is empty)
+    and ``flag`` is set when either exceeds 15 %.
     """
+    thr = sitk.GetArrayFromImage(threshold_lungs)
     model = sitk.GetArrayFromImage(labels_to_grid(model_labels, threshold_lungs))
-    thr = sitk.GetArrayViewFromImage(threshold_lungs)
-    thr_lungs = np.where(thr == LESION, 0, thr)
-    if (model == LESION).any():
-        # Give model lesion voxels the label of the nearest threshold lung voxel.
-        _, idx = ndi.distance_transform_edt(thr_lungs == 0, return_indices=True)
-        nearest = thr_lungs[tuple(idx)]
-        model = np.where(model == LESION, nearest, model)
+    centres = ndi.center_of_mass(np.ones(thr.shape, dtype=np.uint8), thr, (LEFT_LUNG, RIGHT_LUNG))
+    found = [c for c in centres if np.all(np.isfinite(c))]
+    midline_x = float(np.mean([_physical_x(threshold_lungs, c) for c in found])) if found else 0.0
+    thr = _lesions_to_sides(thr, threshold_lungs, midline_x)
+    model = _lesions_to_sides(model, threshold_lungs, midline_x)
     voxel_ml = float(np.prod(threshold_lungs.GetSpacing())) / 1000.0
     result: dict = {}
     parts = []
     for name, value in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
-        v_thr = float((thr == value).sum()) * voxel_ml
-        v_model = float((model == value).sum()) * voxel_ml
+        v_thr = float(np.count_nonzero(thr == value)) * voxel_ml
+        v_model = float(np.count_nonzero(model == value)) * voxel_ml
         rel = abs(v_model - v_thr) / v_thr if v_thr > 0 else float("inf")
         result[name] = rel
         result[f"{name}_ml_model"] = v_model
         result[f"{name}_ml_threshold"] = v_thr
         parts.append(f"{name} lung {v_model:.0f} mL (model) vs {v_thr:.0f} mL (threshold), {100 * rel:.0f} % apart")
     result["flag"] = bool(result["left"] > COMPARE_FLAG_FRACTION or result["right"] > COMPARE_FLAG_FRACTION)
-    verdict = "DISAGREE by more than 15 %" if result["flag"] else "agree within 15 %"
+    limit = f"{100 * COMPARE_FLAG_FRACTION:.0f} %"
+    verdict = f"DISAGREE by more than {limit}" if result["flag"] else f"agree within {limit}"
     result["message"] = f"model and threshold lungs {verdict}: " + "; ".join(parts)
     return result
