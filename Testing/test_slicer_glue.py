@@ -314,6 +314,8 @@ def test_apply_outputs_replaces_results_instead_of_duplicating(scene, tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(REPORT))
     first = results.applyAnalysisOutputs(scene, volumeNode, tmp_path)
     assert first.segmentationNode.GetName() == "CT segmentation"
+    # It references the volume's geometry, as Slicer's Segment Editor expects.
+    assert first.segmentationNode.GetNodeReference("referenceImageGeometryRef").GetID() == volumeNode.GetID()
     assert first.classLabel == "COVID-19"
     nSeg = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     nTable = scene.GetNumberOfNodesByClass("vtkMRMLTableNode")

@@ -188,7 +188,6 @@ def applyAnalysisOutputs(scene, volumeNode, outputDir: str | Path) -> AnalysisRe
             displayNode = scene.AddNewNodeByClass("vtkMRMLSegmentationDisplayNode")
             segmentationNode.SetAndObserveDisplayNodeID(displayNode.GetID())
         loadSegNrrdIntoSegmentationNode(segPath, segmentationNode, volumeNode)
-        segmentationNode.SetNodeReferenceID("referenceImageGeometryRef", volumeNode.GetID())
         segmentationNode.SetAttribute(MODELS_ATTRIBUTE, json.dumps(report.get("models") or []))
         if tableNode is None:
             tableNode = _newResultNode(scene, "vtkMRMLTableNode", volumeNode, STATISTICS_ROLE,
