@@ -119,7 +119,8 @@ def moduleAndScene(monkeypatch, tmp_path):
     module = importlib.import_module("CovidCTAnalysis")
     monkeypatch.setattr(module.CovidCTAnalysisLogic, "pythonSlicerExecutable", staticmethod(lambda: sys.executable))
     yield module, scene, tmp_path, shown
-    scene._keepAlive = segmentationsLogic
+    sys.modules.pop("CovidCTAnalysis", None)  # it was built on stand-ins; nothing else may reuse it
+    del segmentationsLogic
 
 
 def test_parameter_node_defaults(moduleAndScene):
