@@ -25,19 +25,10 @@ AIRWAY_WALL_HU = 30.0
 
 Segment = tuple[np.ndarray, np.ndarray, float, float]  # start, end, start radius, end radius
 
-# (start, direction, radius, length) per lung: pulmonary arteries from the hila, veins to the left atrium
-_ARTERY_ROOTS = {
-    RIGHT_LUNG: ((-30.0, 8.0, 8.0), [((-0.3, 0.1, 1.0), 5.0), ((-0.5, -0.8, -0.2), 4.0),
-                                      ((-0.5, 0.4, -0.8), 5.5), ((-0.2, 0.9, -0.5), 4.5)]),
-    LEFT_LUNG: ((36.0, 12.0, 18.0), [((0.3, 0.1, 1.0), 4.5), ((0.6, -0.7, -0.2), 4.0),
-                                     ((0.5, 0.4, -0.8), 5.0), ((0.2, 0.9, -0.5), 4.5)]),
-}
-_VEIN_ROOTS = {
-    RIGHT_LUNG: ((-26.0, 14.0, -22.0), [((-0.3, -0.4, 1.0), 4.5), ((-0.9, 0.0, -0.4), 4.0),
-                                        ((-0.3, 0.8, -0.5), 4.5), ((-0.5, -0.8, -0.1), 3.5)]),
-    LEFT_LUNG: ((32.0, 18.0, -15.0), [((0.3, -0.3, 1.0), 4.0), ((0.9, 0.0, -0.4), 4.0),
-                                      ((0.3, 0.8, -0.5), 4.5)]),
-}
+# Where the pulmonary arteries enter each lung (hilum) and where the veins leave it (towards the left atrium).
+_ARTERY_ORIGIN = {RIGHT_LUNG: (-30.0, 8.0, 8.0), LEFT_LUNG: (36.0, 12.0, 18.0)}
+_VEIN_ORIGIN = {RIGHT_LUNG: (-26.0, 14.0, -22.0), LEFT_LUNG: (32.0, 18.0, -15.0)}
+_STEMS_PER_LUNG = 12  # roughly one per bronchopulmonary segment
 
 
 @dataclass(frozen=True)
@@ -63,22 +54,24 @@ def grow_tree(anat: Anatomy, rng: np.random.Generator, side: int, origin, roots,
             break
         starts = np.array([f[0] for f in frontier])
         steps = np.array([f[1] * f[3] for f in frontier])
-        candidates = np.concatenate([starts + steps, starts + 0.5 * steps])
+        # fallbacks at the lung's border: half the length, then half the length turned back inwards
+        inward = np.array([_unit(f[1] - 1.2 * _unit(f[0] - origin)) * f[3] for f in frontier])
+        candidates = np.concatenate([starts + steps, starts + 0.5 * steps, starts + 0.5 * inward])
         inside = anat.lung_side(candidates[:, 0], candidates[:, 1], candidates[:, 2]) == side
         n = len(frontier)
         next_frontier = []
         for i, (start, direction, radius, _length) in enumerate(frontier):
-            if inside[i]:
-                end = candidates[i]
-            elif inside[n + i]:
-                end = candidates[n + i]
-            else:
+            choice = next((k for k in range(3) if inside[k * n + i]), None)
+            if choice is None:
                 continue
+            end = candidates[choice * n + i]
+            if choice == 2:
+                direction = _unit(end - start)
             end_radius = radius * taper
             segments.append((start, end, radius, end_radius))
             perp = _unit(np.cross(direction, rng.standard_normal(3)))
             outward = _unit(end - origin)
-            for ratio, sign in ((rng.uniform(0.76, 0.9), 1.0), (rng.uniform(0.6, 0.8), -1.0)):
+            for ratio, sign in ((rng.uniform(0.78, 0.92), 1.0), (rng.uniform(0.62, 0.82), -1.0)):
                 child_radius = end_radius * ratio
                 if child_radius < min_radius:
                     continue
@@ -90,11 +83,31 @@ def grow_tree(anat: Anatomy, rng: np.random.Generator, side: int, origin, roots,
     return segments
 
 
+def spread_targets(anat: Anatomy, rng: np.random.Generator, side: int, count: int) -> np.ndarray:
+    """``count`` points spread through lung ``side`` (farthest-point sampling of random lung points)."""
+    sign = 1.0 if side == LEFT_LUNG else -1.0
+    pts = np.column_stack([sign * rng.uniform(15.0, 160.0, 3000), rng.uniform(-100.0, 110.0, 3000),
+                           rng.uniform(-150.0, 130.0, 3000)])
+    pts = pts[anat.lung_side(pts[:, 0], pts[:, 1], pts[:, 2]) == side]
+    chosen = [int(rng.integers(len(pts)))]
+    dist = np.linalg.norm(pts - pts[chosen[0]], axis=1)
+    for _ in range(count - 1):
+        chosen.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, np.linalg.norm(pts - pts[chosen[-1]], axis=1))
+    return pts[chosen]
+
+
 def paint_vessel_trees(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> None:
-    """Pulmonary arteries and veins, drawn only on lung voxels (they are part of the lung)."""
-    for roots in (_ARTERY_ROOTS, _VEIN_ROOTS):
+    """Pulmonary arteries and veins, drawn only on lung voxels (they are part of the lung).
+
+    Each lung gets one stem per spread-out target for each system, so the trees fill the lung
+    instead of crowding round the hilum.
+    """
+    for origins in (_ARTERY_ORIGIN, _VEIN_ORIGIN):
         for side in (RIGHT_LUNG, LEFT_LUNG):
-            origin, stems = roots[side]
+            origin = np.asarray(origins[side])
+            targets = spread_targets(anat, rng, side, _STEMS_PER_LUNG)
+            stems = [(t - origin, float(rng.uniform(2.8, 4.0))) for t in targets]
             tree = grow_tree(anat, rng, side, origin, stems, min_radius=0.45)
             _paint_segments(canvas, tree, VESSEL_HU, lung_only=True)
 
