@@ -20,7 +20,9 @@ core needs to run the model exactly as it was trained:
 ``preprocessing``    classification: ``windows`` [[level, width]...], ``input_size``,
                      ``aggregation`` {"rule": ..., params}, ``slice_step``;
                      segmentation: ``spacing_mm`` [x,y,z], ``hu_range`` [lo,hi],
-                     ``roi_size`` [x,y,z], ``sw_overlap``
+                     ``roi_size`` [x,y,z], ``sw_overlap``; every key and its default is listed in
+                     ``transforms.py`` (``CLASSIFIER_DEFAULTS``, ``SEGMENTER_DEFAULTS``), which
+                     also checks them (``validate_preprocessing``)
 ``labels``           classification: class names in output order;
                      segmentation: {"0": "background", "1": "Left lung", ...} in *our*
                      label convention (1 = left, 2 = right, 3 = lesion)
