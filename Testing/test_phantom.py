@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.cli_phantom import add_parser, run
-from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError, OutputError
 from CovidCTAnalysisLib.phantom import KINDS, Phantom, make_phantom, random_direction, write_phantom
 from scipy import ndimage
@@ -98,7 +98,7 @@ def test_covid_lesions_are_bilateral_lower_and_peripheral(seed):
     assert np.mean(z_lesion < z_mid) > 0.55  # lower-zone predominant (LPS +z is superior)
     depth = ndimage.distance_transform_edt(lungs, sampling=ph.truth.GetSpacing()[::-1])
     assert np.mean(depth[t == LESION]) < np.mean(depth[lungs])  # sub-pleural
-    assert -750 <= img[t == LESION].mean() <= -300  # ground glass
+    assert GGO_BAND_HU[0] <= img[t == LESION].mean() <= GGO_BAND_HU[1]  # ground glass
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 39])
@@ -108,7 +108,8 @@ def test_pneumonia_is_mostly_one_lung_and_consolidated(seed):
     img, t = arrays(ph)
     left, right = sides_of_lesion(ph)
     assert max(left, right) >= 0.8 * (left + right) > 0
-    assert -150 <= np.median(img[t == LESION]) <= 80
+    assert CONSOLIDATION_BAND_HU[0] <= np.median(img[t == LESION]) <= CONSOLIDATION_BAND_HU[1]
+    assert np.median(img[t == LESION]) > -150  # dense consolidation, not ground glass
 
 
 @pytest.mark.parametrize("seed", [0, 1])

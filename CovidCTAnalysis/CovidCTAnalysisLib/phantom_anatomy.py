@@ -27,6 +27,9 @@ CSF_HU = 12.0
 CARTILAGE_HU = 120.0
 CANCELLOUS_HU = 240.0
 CORTICAL_HU = 800.0
+VERTEBRAL_CORTEX_HU = 650.0
+POSTERIOR_ARCH_HU = 600.0  # laminae, spinous and transverse processes (thin, mostly cortical)
+SCAPULA_HU = 550.0
 DISC_HU = 85.0
 LUNG_HU = -870.0  # parenchyma without vessels; the vessels bring the lung mean to about -840
 TABLE_HU = 300.0
@@ -210,11 +213,11 @@ def _paint_spine_and_sternum(canvas: Canvas) -> None:
         spinous = (np.abs(x) < 4.0) & (y > 105.0) & (y < 124.0) & ~disc
         transverse = (np.abs(x) < 38.0) & (np.abs(y - 98.0) < 5.0) & ~disc
         bone = (body_r < 1.0) | arch | spinous | transverse
-        values = np.where(body_r < 0.86, CANCELLOUS_HU, 650.0 + 0.0 * z)
+        values = np.where(body_r < 0.86, CANCELLOUS_HU, VERTEBRAL_CORTEX_HU)
         values = np.where(disc & (body_r < 1.0), DISC_HU, values)
-        values = np.where(arch | spinous | transverse, 600.0, values)
+        values = np.where(arch | spinous | transverse, POSTERIOR_ARCH_HU, values)
         hu[bone] = np.broadcast_to(values, bone.shape)[bone]
-        hu[(canal_r < 9.0) & np.ones(z.shape, bool)] = CSF_HU
+        hu[np.broadcast_to(canal_r < 9.0, hu.shape)] = CSF_HU
         label[bone] = 0
     box = canvas.box((-16.0, -116.0, -95.0), (16.0, -96.0, 110.0))
     if box is not None:
@@ -241,7 +244,7 @@ def _paint_scapulae(canvas: Canvas) -> None:
         plate = (np.abs(across) < 3.0) & (along > 0.0) & (along < reach) & (z < 125.0)
         hu = canvas.hu[sl]
         bone = plate & (hu > -300.0) & (canvas.label[sl] == 0)
-        hu[bone] = 550.0  # mostly cortical
+        hu[bone] = SCAPULA_HU
 
 
 def _paint_mediastinum(canvas: Canvas, anat: Anatomy) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import AIR_HU, LEFT_LUNG, LESION, RIGHT_LUNG
+from .constants import AIR_HU, CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
 from .phantom_anatomy import MEDIASTINUM_X, Anatomy
 from .phantom_canvas import Canvas, SmoothField, ellipsoid_radius
 from .phantom_vessels import grow_tree, tube_box, tube_weight
@@ -34,6 +34,11 @@ class Lesion:
     paving: bool  # crazy paving: thickened interlobular septa
     edge: float  # soft border as a fraction of the radius
     field_offset: tuple[float, float, float]
+
+
+def _inside(band: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
+    """(lo, hi) kept within a constants.py HU band, so the phantoms agree with the threshold bands."""
+    return max(lo, band[0]), min(hi, band[1])
 
 
 def _rotation_z(a: float) -> np.ndarray:
@@ -91,7 +96,7 @@ def covid_lesions(anat: Anatomy, rng: np.random.Generator) -> list[Lesion]:
         centre, outward = _subpleural_centre(anat, rng, side, radii[1], lower)
         lesions.append(Lesion(
             side=side, centre=centre, radii=radii,
-            rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(-680.0, -450.0)), core=core,
+            rotation=_rotation_z(outward + np.pi / 2.0 + rng.uniform(-0.3, 0.3)), hu=float(rng.uniform(*_inside(GGO_BAND_HU, -680.0, -450.0))), core=core,
             core_hu=float(rng.uniform(-120.0, 10.0)), paving=bool(rng.random() < 0.35),
             edge=float(rng.uniform(0.2, 0.4)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
         ))
@@ -112,7 +117,7 @@ def pneumonia_lesions(anat: Anatomy, rng: np.random.Generator) -> tuple[list[Les
     r = float(rng.uniform(60.0, 95.0))  # large: the fissures, not the blob, bound most of the consolidation
     lesions = [Lesion(
         side=side, centre=tuple(float(v) for v in centre), radii=(r, r * float(rng.uniform(0.8, 1.1)), r * 0.9),
-        rotation=_rotation_z(rng.uniform(0.0, np.pi)), hu=float(rng.uniform(-30.0, 45.0)), core=0.0, core_hu=0.0, paving=False,
+        rotation=_rotation_z(rng.uniform(0.0, np.pi)), hu=float(rng.uniform(*_inside(CONSOLIDATION_BAND_HU, -30.0, 45.0))), core=0.0, core_hu=0.0, paving=False,
         edge=float(rng.uniform(0.08, 0.15)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3)),
     )]
     if rng.random() < 0.25:
