@@ -89,3 +89,13 @@ def test_lesions_kept_when_not_restricted_and_bad_values_refused():
     arr[0, 0, 0] = 7
     with pytest.raises(ValueError, match="expected only 0, 1, 2, 3"):
         postprocess_labelmap(as_image(arr))
+
+
+def test_a_small_lung_is_kept_while_specks_go():
+    arr = np.zeros((20, 40, 60), np.uint8)
+    arr[2:18, 5:35, 32:58] = 1  # large left lung (high x)
+    arr[8:11, 15:19, 10:14] = 2  # collapsed right lung: ~ 0.4 % of the left
+    arr[0:2, 0:2, 0:2] = 1  # speck
+    out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr)))
+    assert (out[8:11, 15:19, 10:14] == 2).all()
+    assert not out[0:2, 0:2, 0:2].any()

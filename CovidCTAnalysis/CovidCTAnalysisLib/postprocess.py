@@ -4,7 +4,8 @@ In this order:
 
 1. **Stray pieces.** Connected pieces of the lung region (labels 1-3 together) smaller
    than ``min_fraction`` of the largest piece are removed (specks in the bowel, the
-   table, the airway). Lungs joined at the anterior junction stay one piece.
+   table, the airway), except the main piece of each lung label, so a small or
+   collapsed lung survives. Lungs joined at the anterior junction stay one piece.
 2. **Left/right.** The centroids of labels 1 and 2 are compared in patient (LPS)
    coordinates: LPS +x is the patient's left, so label 1 must lie at larger x. If it
    does not, 1 and 2 are swapped and a note says so.
@@ -55,14 +56,20 @@ def _physical_x_of_centroid(mask: np.ndarray, image: sitk.Image, offset: tuple[i
     return float(point[0])
 
 
-def _drop_small_pieces(region: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
-    """Mask of the pieces of ``region`` at least ``min_fraction`` of the largest; and how many were dropped."""
-    lab, n = ndi.label(region)
+def _drop_small_pieces(sub: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
+    """Mask of the pieces of ``sub > 0`` at least ``min_fraction`` of the largest, plus the main piece
+    of each lung label (a small or collapsed lung is never dropped); and how many were dropped."""
+    lab, n = ndi.label(sub > 0)
     if n <= 1:
-        return region, 0
+        return sub > 0, 0
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     sizes[0] = 0
     keep = sizes >= min_fraction * sizes.max()
+    for value in (LEFT_LUNG, RIGHT_LUNG):
+        counts = np.bincount(lab[sub == value], minlength=n + 1)
+        counts[0] = 0
+        if counts.any():
+            keep[int(np.argmax(counts))] = True
     keep[0] = False
     return keep[lab], int(n - keep.sum())
 
@@ -147,7 +154,7 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
     offset = tuple(s.start for s in box)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
 
-    keep, dropped = _drop_small_pieces(sub > 0, min_fraction)
+    keep, dropped = _drop_small_pieces(sub, min_fraction)
     if dropped:
         removed = int(((sub > 0) & ~keep).sum())
         sub[~keep] = 0
