@@ -106,13 +106,15 @@ def test_cli_error_message_reaches_the_user(tmp_path):
     command = fakeCli(tmp_path, """
         emit(event="step", step="load", fraction=0.05, message="Loading")
         emit(event="error", message="input.nrrd is not a CT: Modality MR; expected CT", exit_code=2)
-        print("error: input.nrrd is not a CT", file=sys.stderr)
+        print("error: input.nrrd is not a CT: Modality MR; expected CT", file=sys.stderr)  # as cli.main does
         sys.exit(2)
     """)
     process = AnalysisProcess(command)
     pollUntilFinished(process)
     assert process.state == "failed" and process.returnCode == 2
     assert process.errorMessage == "input.nrrd is not a CT: Modality MR; expected CT"
+    # The CLI's stderr copy of the error is not shown a second time.
+    assert sum("is not a CT" in line for line in process.logLines) == 1
 
 
 def test_crash_without_protocol_error_shows_stderr_tail(tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .progress_events import ProgressEvent, parseProgressLine
+from .progress_events import ProgressEvent, formatLogLine, parseProgressLine
 
 SEGMENT_POLICIES = ("auto", "always")
 DEVICES = ("auto", "cpu", "cuda")
@@ -116,6 +116,7 @@ class AnalysisProcess:
         self._queue: queue.Queue[ProgressEvent | None] = queue.Queue()
         self._openStreams = 2
         self._stderrTail: list[str] = []
+        self._heldErrorLines: list[ProgressEvent] = []
         popenKwargs: dict = {}
         if sys.platform == "win32":
             popenKwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
@@ -154,19 +155,23 @@ class AnalysisProcess:
                 break
             if item is None:
                 self._openStreams -= 1
-                continue
-            self._record(item)
-            events.append(item)
+            elif item.kind == "output" and item.stream == "stderr" and item.message.startswith("error: "):
+                # The CLI repeats its protocol error on stderr, in a race with stdout: held until the end,
+                # then shown only if it says something the error event did not.
+                self._heldErrorLines.append(item)
+            else:
+                self._record(item)
+                events.append(item)
         if self.state == "running" and self._openStreams == 0 and self._process.poll() is not None:
+            for held in self._heldErrorLines:
+                if held.message != f"error: {self.errorMessage}":
+                    self._record(held)
+                    events.append(held)
+            self._heldErrorLines = []
             self._finish(self._process.returncode)
         return events
 
     def _record(self, event: ProgressEvent) -> None:
-        from .progress_events import formatLogLine
-
-        if event.kind == "output" and event.stream == "stderr" and self.errorMessage \
-                and event.message == f"error: {self.errorMessage}":
-            return  # the CLI repeats its protocol error on stderr; the log shows it once
         self.logLines.append(formatLogLine(event))
         if event.fraction is not None and event.kind == "step":
             self.fraction = event.fraction
