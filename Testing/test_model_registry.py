@@ -205,3 +205,16 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             select_device("cuda")
+
+
+def test_broken_folders_are_reported_not_used(tmp_path, capsys):
+    reg = ModelRegistry(tmp_path / "reg")
+    meta = reg.install(make_folder(tmp_path / "src"))
+    (reg.folder(meta) / METADATA_FILE).write_text("{not json")
+    assert reg.list() == []
+    [(folder, why)] = reg.problems()
+    assert folder == reg.folder(meta) and "not valid JSON" in why
+    with pytest.raises(ModelError, match="cannot be read"):
+        reg.resolve("segmentation")
+    assert _cli(["models", "verify", "--models-dir", str(tmp_path / "reg")]) == ModelError.exit_code
+    assert "FAIL" in capsys.readouterr().out

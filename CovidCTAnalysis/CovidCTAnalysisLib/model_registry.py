@@ -127,7 +127,12 @@ class ModelRegistry:
                                  f"versions: {have}. Use id@version with one of them.")
             return max(cands, key=lambda m: version_key(m.version))
         if not models:
-            raise ModelError(how_to_get_models(task, self.root))
+            broken = self.problems()
+            lead = None
+            if broken:
+                lead = (f"no usable {task} model is installed in {self.root} ({len(broken)} folder(s) there cannot be "
+                        f"read, e.g. {broken[0][0]}: {broken[0][1]}; `covidct models verify` lists them)")
+            raise ModelError(how_to_get_models(task, self.root, lead))
         real = [m for m in models if not m.demo]
         pool = real or models
         return max(pool, key=lambda m: (version_key(m.version), m.id))
