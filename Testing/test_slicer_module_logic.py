@@ -14,6 +14,7 @@ import os
 import sys
 import types
 import typing
+import unittest
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,8 @@ def moduleAndScene(monkeypatch, tmp_path):
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {"__init__": lambda self, parent: None})
     slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,),
+                                          {"delayDisplay": lambda self, message, msec=None: None})
     slm.ScriptedLoadableModuleLogic = _ScriptedLoadableModuleLogic
     for name, module in (("qt", qt), ("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", pnw),
                          ("slicer.ScriptedLoadableModule", slm)):
@@ -174,3 +176,15 @@ def test_logic_end_to_end_with_installed_models(moduleAndScene):
     nSegmentations = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     logic.process(parameterNode, timeout=1200)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nSegmentations
+
+
+@pytest.mark.slow
+def test_module_self_test_runs_when_models_are_installed(moduleAndScene):
+    """The Slicer self-test (CovidCTAnalysisTest) itself, on the real scene and the real core."""
+    from CovidCTAnalysisSlicer.models import listModelChoices
+
+    if not listModelChoices("classification")[0] or not listModelChoices("segmentation")[0]:
+        pytest.skip("no trained models installed (run `make demo`)")
+    module, _scene, _tmp, _shown = moduleAndScene
+    selfTest = module.CovidCTAnalysisTest("test_CovidCTAnalysisPhantom")
+    selfTest.runTest()
