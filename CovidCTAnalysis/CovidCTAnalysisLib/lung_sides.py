@@ -78,13 +78,17 @@ def _split_by_midline_cut(piece: np.ndarray, midline_x: float, spacing_x: float)
     return out
 
 
-def split_left_right(lung: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """uint8 (z, y, x) labels: ``LEFT_LUNG`` / ``RIGHT_LUNG`` for every voxel of ``lung``."""
+def body_midline_x(lung: np.ndarray, body: np.ndarray) -> float:
+    """The body's left-right centre (array x) over the slices that hold lung."""
     rows = np.nonzero(lung.any(axis=(1, 2)))[0]
-    # The body's left-right centre over the lung slices.
     body_cols = body[rows].any(axis=1)  # (z, x)
     centres = [np.mean(np.nonzero(c)[0][[0, -1]]) for c in body_cols if c.any()]
-    midline_x = float(np.median(centres)) if centres else lung.shape[2] / 2.0
+    return float(np.median(centres)) if centres else lung.shape[2] / 2.0
+
+
+def split_left_right(lung: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """uint8 (z, y, x) labels: ``LEFT_LUNG`` / ``RIGHT_LUNG`` for every voxel of ``lung``."""
+    midline_x = body_midline_x(lung, body)
     out = np.zeros(lung.shape, dtype=np.uint8)
     labels, n = ndi.label(lung)
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
