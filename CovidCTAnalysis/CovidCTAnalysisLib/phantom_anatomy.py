@@ -53,6 +53,7 @@ class Anatomy:
     fat_mm: float
     rib_pitch: float
     rib_top: float
+    breast_mm: float  # breast depth (0 for none): varies the anterior outline and its tissue
 
     @staticmethod
     def from_rng(rng: np.random.Generator) -> Anatomy:
@@ -73,6 +74,7 @@ class Anatomy:
             fat_mm=float(rng.uniform(8.0, 24.0)),
             rib_pitch=float(rng.uniform(23.0, 26.0)),
             rib_top=float(rng.uniform(118.0, 128.0)),
+            breast_mm=float(rng.uniform(20.0, 45.0)) if rng.random() < 0.4 else 0.0,
         )
 
     def heart_radius(self, x, y, z):
@@ -134,6 +136,7 @@ def render_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator, text
     _render_slabs(canvas, anat, texture)
     _paint_spine_and_sternum(canvas)
     _paint_scapulae(canvas)
+    _paint_breasts(canvas, anat, texture)
     _paint_mediastinum(canvas, anat)
     _paint_abdomen(canvas, anat)
     airways = airway_segments(anat, rng)
@@ -227,6 +230,29 @@ def _paint_spine_and_sternum(canvas: Canvas) -> None:
         canvas.hu[sl][shell] = CORTICAL_HU * 0.8
         canvas.hu[sl][core] = CANCELLOUS_HU
         canvas.label[sl][shell] = 0
+
+
+def _paint_breasts(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
+    """Fat with strands of glandular tissue in front of the pectoral muscles (some seeds only)."""
+    if anat.breast_mm <= 0.0:
+        return
+    bx, by = anat.body_axes
+    for sign in (1.0, -1.0):
+        # supine: flattened and falling outwards; centred just under the skin so that it bulges out
+        cx = sign * 85.0
+        skin = 5.0 - by * (1.0 - abs(cx / bx) ** 2.4) ** (1.0 / 2.4)
+        centre = (cx, skin + 8.0, -25.0)
+        radii = (68.0, anat.breast_mm + 8.0, 58.0)
+        box = canvas.box(np.subtract(centre, radii), np.add(centre, radii))
+        if box is None:
+            continue
+        sl, x, y, z = box
+        inside = ellipsoid_radius(x, y, z, centre, radii) < 1.0
+        inside &= canvas.label[sl] == 0
+        hu = canvas.hu[sl]
+        inside &= (hu < -500.0) | (np.abs(hu - FAT_HU) < 1.0)  # air in front, or the subcutaneous fat
+        glandular = np.clip(0.5 + 0.6 * texture.sample(1.5 * x.ravel(), 1.5 * (y.ravel() - centre[1]), 1.5 * z.ravel()), 0.0, 1.0)
+        hu[inside] = (FAT_HU + (35.0 - FAT_HU) * glandular ** 2)[inside]
 
 
 def _paint_scapulae(canvas: Canvas) -> None:
