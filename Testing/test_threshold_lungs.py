@@ -114,6 +114,18 @@ def _bridge_lungs(image: sitk.Image, truth: np.ndarray) -> tuple[sitk.Image, int
     return out, count
 
 
+def test_oblique_direction_keeps_sides():
+    """A 20-degree rotation about the patient's S-I axis and 10 degrees about L-R (gantry tilt)."""
+    a, b = np.radians(20.0), np.radians(10.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(b), -np.sin(b)], [0.0, np.sin(b), np.cos(b)]])
+    ph = make_phantom("normal", seed=3, size=(80, 80, 64), direction=tuple((rz @ rx).ravel()))
+    lungs = segment_lungs(ph.image)
+    assert _centre_x_mm(lungs, LEFT_LUNG) > _centre_x_mm(lungs, RIGHT_LUNG)
+    left, right = _side_dice(sitk.GetArrayFromImage(lungs), sitk.GetArrayFromImage(ph.truth))
+    assert left >= 0.85 and right >= 0.85
+
+
 def test_touching_lungs_are_split_by_side(normal_phantom, monkeypatch):
     """Join the lungs with lung-density tissue where they come closest: still split by side."""
     import CovidCTAnalysisLib.lung_sides as lung_sides

@@ -100,17 +100,26 @@ def evaluate_case(data: Path, case: str, info: dict) -> dict:
     return out
 
 
-def evaluate_dicom_p001(data: Path) -> dict:
+def evaluate_dicom_p001(data: Path, truth: list[int]) -> dict:
+    """P001 at full resolution (the DICOM series; its z index is the NIfTI z index)."""
     from CovidCTAnalysisLib.io_load import load_ct
 
-    volume = load_ct(data / "covid-ct-md" / "dicom" / "P001")
+    image = load_ct(data / "covid-ct-md" / "dicom" / "P001").image
     t0 = time.perf_counter()
-    ext = lung_extent(segment_lungs(volume.image))
+    lungs = segment_lungs(image)
+    t1 = time.perf_counter()
+    lesions = sitk.GetArrayFromImage(find_lesions(image, lungs)) > 0
+    t2 = time.perf_counter()
+    ext = lung_extent(lungs)
+    lung_slices = (sitk.GetArrayViewFromImage(lungs) > 0).any(axis=(1, 2))
     return {
-        "size": list(volume.image.GetSize()),
+        "size": list(image.GetSize()),
         "left_ml": round(ext.left_ml, 1),
         "right_ml": round(ext.right_ml, 1),
-        "seconds_lungs": round(time.perf_counter() - t0, 2),
+        "lesion_ml": round(float(lesions.sum() * np.prod(image.GetSpacing()) / 1000.0), 1),
+        "threshold": scores(slice_positive(lesions, image.GetSpacing()), np.asarray(truth, dtype=bool), lung_slices),
+        "seconds_lungs": round(t1 - t0, 2),
+        "seconds_lesions": round(t2 - t1, 2),
     }
 
 
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{res['lesion_ml'] if method == 'threshold' else ''}"
                     )
             print(f"{case:10} lungs L {res['left_ml']:.0f} mL R {res['right_ml']:.0f} mL, lesion {res['lesion_ml']} mL")
-        result["p001_dicom"] = evaluate_dicom_p001(SHARED_DATA)
+        result["p001_dicom"] = evaluate_dicom_p001(SHARED_DATA, labels["P001"]["slice_infection_label_by_nifti_z"])
         result["example_ct"] = evaluate_example_ct(SHARED_DATA)
         result["lidc"] = evaluate_lidc(SHARED_DATA)
         for key in ("p001_dicom", "example_ct", "lidc"):
