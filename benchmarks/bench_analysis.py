@@ -78,7 +78,12 @@ def _triple(text: str, cast=float) -> tuple:
 
 
 def untrained_demo_models(root: Path) -> None:
-    """Install untrained classifier + segmenter with the default demo architecture into ``root``."""
+    """Install untrained classifier + segmenter with the default demo architecture into ``root``.
+
+    Architecture and preprocessing mirror ``training/demo.py`` (ResNet-50 at 96 px, every 2nd
+    lung slice, top-30 % mean; UNet (16, 32, 64, 128) at 2.5 mm with 64³ windows), so the
+    timing is that of the demo models.
+    """
     from CovidCTAnalysisLib import INTENDED_USE
     from CovidCTAnalysisLib.constants import CLASS_NAMES, LABEL_NAMES
     from CovidCTAnalysisLib.model_folder import save_model_folder
@@ -93,14 +98,16 @@ def untrained_demo_models(root: Path) -> None:
     common = {"sha256": "0" * 64, "demo": True, "eval_metrics": {}, "intended_use": INTENDED_USE,
               "trained_on": "nothing: UNTRAINED benchmark weights (timing only)", "training_data": {}}
     cls = {**common, "id": "bench-untrained-classifier", "version": "0.0.0", "task": "classification",
-           "architecture": {"name": "resnet50", "kwargs": {}}, "labels": list(CLASS_NAMES), "preprocessing": {}}
+           "architecture": {"name": "resnet50", "kwargs": {}}, "labels": list(CLASS_NAMES),
+           "preprocessing": {"input_size": 96, "slice_step": 2,
+                             "aggregation": {"rule": "top_fraction_mean", "fraction": 0.3}}}
     seg_labels = {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}}
     seg = {**common, "id": "bench-untrained-segmenter", "version": "0.0.0", "task": "segmentation",
            "architecture": {"name": "monai.UNet", "kwargs": {"channels": list(DEFAULT_SEGMENTER_CHANNELS),
                                                              "strides": list(DEFAULT_SEGMENTER_STRIDES),
                                                              "num_res_units": 2}},
            "labels": seg_labels,
-           "preprocessing": {"spacing_mm": [1.5, 1.5, 2.5], "roi_size": [96, 96, 64], "sw_overlap": 0.25,
+           "preprocessing": {"spacing_mm": [2.5, 2.5, 2.5], "roi_size": [64, 64, 64], "sw_overlap": 0.25,
                              "hu_range": [-1024, 400], "margin_mm": 10.0}}
     registry = ModelRegistry(root)
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +161,7 @@ def child_analysis(input_path: str, out_dir: str, models_dir: str, device: str, 
         "models": res.model_lines, "device": res.report["device"]}))
 
 
-def child_baseline(input_path: str, threads: int, result: str) -> None:
+def child_baseline(input_path: str, device: str, threads: int, result: str) -> None:
     """MONAI COVID-19-20 challenge-baseline inference settings (run_net.py) on the same volume."""
     import numpy as np
     import SimpleITK as sitk
@@ -163,6 +170,7 @@ def child_baseline(input_path: str, threads: int, result: str) -> None:
     from monai.networks.nets import BasicUNet
 
     torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
     with _Sampler() as sampler:
         t0 = time.perf_counter()
         img = sitk.ReadImage(input_path, sitk.sitkFloat32)
@@ -171,19 +179,21 @@ def child_baseline(input_path: str, threads: int, result: str) -> None:
         res = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), spacing,
                             img.GetDirection(), -1000.0, sitk.sitkFloat32)
         arr = np.clip((sitk.GetArrayFromImage(res) + 1000.0) / 1500.0, 0.0, 1.0)  # a_min -1000, a_max 500
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 1, 0)))[None, None]  # (1, 1, x, y, z)
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 1, 0)))[None, None].to(dev)  # (1, 1, x, y, z)
         t_prep = time.perf_counter() - t0
         sampler.stage = "baseline_inference"
         net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32),
-                        dropout=0.1).eval()
+                        dropout=0.1).eval().to(dev)
         inferer = SlidingWindowInferer(roi_size=(192, 192, 16), sw_batch_size=2, overlap=0.5, mode="gaussian",
                                        padding_mode="replicate")
         t1 = time.perf_counter()
         with torch.inference_mode():
             out = inferer(x, net)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t_inf = time.perf_counter() - t1
     Path(result).write_text(json.dumps({
-        "resampled_size_xyz": size, "prepare_s": t_prep, "inference_s": t_inf, "output_shape": list(out.shape),
+        "device": str(dev), "resampled_size_xyz": size, "prepare_s": t_prep, "inference_s": t_inf, "output_shape": list(out.shape),
         "peak_rss_mb": round(max(sampler.peaks.values()) / 2**20, 1)}))
 
 
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         child_analysis(*a.child, threads=a.threads, result=a.result)
         return 0
     if a.child_baseline:
-        child_baseline(a.child_baseline, threads=a.threads, result=a.result)
+        child_baseline(a.child_baseline, a.device, threads=a.threads, result=a.result)
         return 0
 
     import SimpleITK as sitk
@@ -244,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         if not a.skip_baseline:
             print("MONAI challenge-baseline inference settings ...", flush=True)
-            baseline, _ = _run_child(["--threads", str(a.threads), "--child-baseline", str(input_path)])
+            baseline, _ = _run_child(["--threads", str(a.threads), "--device", a.device,
+                                      "--child-baseline", str(input_path)])
 
     t = analysis["timings_s"]
     total = float(analysis["wall_s"])
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:<18} {v:7.2f} s")
     print(f"  peak RSS by reported step (MB): {analysis['peak_rss_by_step_mb']}")
     if baseline:
-        print(f"MONAI challenge baseline (BasicUNet, 1.25x1.25x5 mm -> {baseline['resampled_size_xyz']}, 192x192x16, "
+        print(f"MONAI challenge baseline on {baseline['device']} (BasicUNet, 1.25x1.25x5 mm -> {baseline['resampled_size_xyz']}, 192x192x16, "
               f"overlap 0.5): inference {baseline['inference_s']:.1f} s (+ {baseline['prepare_s']:.1f} s resampling), "
               f"peak RSS {baseline['peak_rss_mb'] / 1024:.2f} GB")
         print(f"ratio of our segmentation time to the baseline inference: "

@@ -81,42 +81,51 @@ def _side_grid_steps(shape: tuple[int, int, int], spacing_zyx: np.ndarray) -> np
     return steps
 
 
+def _block_sums(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Number of True voxels in each ``steps``-sized block (the coarse grid's cells)."""
+    pad = [(0, (-n) % int(s)) for n, s in zip(mask.shape, steps, strict=True)]
+    m = np.pad(mask, pad) if any(p[1] for p in pad) else mask
+    z, y, x = (n // int(s) for n, s in zip(m.shape, steps, strict=True))
+    sz, sy, sx = (int(s) for s in steps)
+    return m.reshape(z, sz, y, sy, x, sx).sum(axis=(1, 3, 5), dtype=np.int64)
+
+
 def lesion_sides(labelmap: sitk.Image) -> tuple[int, int]:
     """(lesion voxels assigned to the left lung, to the right lung) by the module's side rule."""
     arr = sitk.GetArrayViewFromImage(labelmap)
     lesion = arr == LESION
-    if not lesion.any():
+    les_box = _bbox(lesion)
+    if les_box is None:
         return 0, 0
+    n_lesion = int(np.count_nonzero(lesion[les_box]))
     spacing_zyx = np.array(labelmap.GetSpacing()[::-1], dtype=float)
-    zz, yy, xx = np.nonzero(lesion)
-    idx = np.stack([zz, yy, xx])
     margin = np.ceil(SIDE_MARGIN_MM / spacing_zyx).astype(int)
-    lo = np.maximum(idx.min(axis=1) - margin, 0)
-    hi = np.minimum(idx.max(axis=1) + margin + 1, arr.shape)
+    lo = np.array([max(sl.start - m, 0) for sl, m in zip(les_box, margin, strict=True)])
+    hi = np.array([min(sl.stop + m, n) for sl, m, n in zip(les_box, margin, arr.shape, strict=True)])
     box = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     steps = _side_grid_steps(box.shape, spacing_zyx)
-    coarse = box[::steps[0], ::steps[1], ::steps[2]]
+    coarse = box[::steps[0], ::steps[1], ::steps[2]]  # one sample per cell: the cell's first voxel
     lung = (coarse == LEFT_LUNG) | (coarse == RIGHT_LUNG)
-    rel = (idx - lo[:, None]) // steps[:, None]
     if lung.any():
         nearest = ndimage.distance_transform_edt(~lung, sampling=spacing_zyx * steps, return_distances=False,
                                                  return_indices=True)
-        side = coarse[nearest[0][tuple(rel)], nearest[1][tuple(rel)], nearest[2][tuple(rel)]]
-        n_left = int(np.count_nonzero(side == LEFT_LUNG))
-        return n_left, int(idx.shape[1]) - n_left
+        side = coarse[tuple(nearest)]  # label of the nearest lung cell, per cell
+        per_cell = _block_sums(box == LESION, steps)
+        n_left = int(per_cell[side == LEFT_LUNG].sum())
+        return n_left, n_lesion - n_left
     # no lung nearby: split by patient coordinates around the midpoint of the lungs (or the image centre)
     axis, sign = patient_left_axis(labelmap)
     centres = [np.nonzero(arr == lab)[axis].mean() for lab in (LEFT_LUNG, RIGHT_LUNG) if (arr == lab).any()]
     mid = float(np.mean(centres)) if centres else (arr.shape[axis] - 1) / 2.0
-    left = (idx[axis] - mid) * sign > 0
-    n_left = int(np.count_nonzero(left))
-    return n_left, int(idx.shape[1]) - n_left
+    idx = np.nonzero(lesion)[axis]
+    n_left = int(np.count_nonzero((idx - mid) * sign > 0))
+    return n_left, n_lesion - n_left
 
 
 def lesion_percent(labelmap: sitk.Image) -> dict[str, float | None]:
     """{"left", "right", "total"}: lesion percent of each lung and of both (None where the denominator is 0)."""
-    counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=4)
-    n_left_lung, n_right_lung, n_lesion = int(counts[LEFT_LUNG]), int(counts[RIGHT_LUNG]), int(counts[LESION])
+    arr = sitk.GetArrayViewFromImage(labelmap)
+    n_left_lung, n_right_lung, n_lesion = (int(np.count_nonzero(arr == v)) for v in (LEFT_LUNG, RIGHT_LUNG, LESION))
     les_left, les_right = lesion_sides(labelmap)
 
     def pct(num: int, den: int) -> float | None:
