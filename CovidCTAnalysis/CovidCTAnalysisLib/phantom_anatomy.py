@@ -36,6 +36,15 @@ TABLE_HU = 300.0
 FOAM_HU = -850.0
 
 MEDIASTINUM_X = 5.0  # the mediastinum sits slightly left of the midline
+HORIZONTAL_FISSURE_Z = 0.0  # right lung: upper above, middle lobe below (in front of the oblique fissure)
+FISSURE_HU = 250.0  # added by a fissure (two pleural layers, ~1 mm) at full voxel coverage
+
+
+def oblique_fissure_z(x, y):
+    """z of the oblique (major) fissure: high at the back, low at the front; in an axial slice it runs
+    from postero-medial to antero-lateral. Below it lies the lower lobe."""
+    lateral = np.abs(x) - 72.0
+    return (y - 35.0) + 0.45 * lateral - 0.002 * lateral**2
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
     plane[inner] = MUSCLE_HU
     lung_base = (LUNG_HU + 0.35 * (canvas.y - 8.0))[None, :, None]  # denser where dependent (posterior)
     planes = texture.plane_stack(canvas.x, canvas.y)
+    fissure_xy = oblique_fissure_z(x, y)[None, :, :]
     for sl, xs, ys, zs in canvas.slabs():
         hu = canvas.hu[sl]
         hu[:] = plane
@@ -174,13 +184,24 @@ def _render_slabs(canvas: Canvas, anat: Anatomy, texture: SmoothField) -> None:
         canvas.label[sl] = lungs
         in_lung = lungs > 0
         tex = texture.from_planes(planes, zs.ravel())
-        hu[in_lung] = (lung_base + 18.0 * tex)[in_lung]
+        hu[in_lung] = (lung_base + 18.0 * tex + _fissures(xs, ys, zs, fissure_xy, canvas.voxel_mm))[in_lung]
         _paint_ribs(hu, canvas.label[sl], anat, xs, ys, zs, rho, ax, ay)
     r = max(anat.heart_radii) * 1.1
     box = canvas.box(np.subtract(anat.heart_centre, r), np.add(anat.heart_centre, r))
     if box is not None:
         sl, x, y, z = box
         canvas.label[sl][anat.heart_radius(x, y, z) < 1.08] = 0
+
+
+def _fissures(x, y, z, fissure_xy, voxel_mm: float):
+    """HU added by the oblique fissures and the right horizontal fissure: thin sheets, partial volume."""
+    soft = max(0.5 * voxel_mm, 0.5)
+    gain = FISSURE_HU * min(1.0, 1.0 / soft)
+    # distance to the oblique fissure along its normal (|grad| of z - f(x, y) is about 1.5)
+    oblique = np.clip(1.0 - np.abs(z - fissure_xy) / (1.5 * soft), 0.0, 1.0)
+    horizontal = np.clip(1.0 - np.abs(z - HORIZONTAL_FISSURE_Z) / soft, 0.0, 1.0)
+    horizontal = horizontal * ((x < MEDIASTINUM_X) & (z > fissure_xy))
+    return gain * np.maximum(oblique, horizontal)
 
 
 def _paint_ribs(hu, label, anat: Anatomy, x, y, z, rho, ax, ay) -> None:

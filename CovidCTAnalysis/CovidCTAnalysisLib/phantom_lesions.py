@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .constants import AIR_HU, CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
-from .phantom_anatomy import MEDIASTINUM_X, Anatomy
+from .phantom_anatomy import HORIZONTAL_FISSURE_Z, MEDIASTINUM_X, Anatomy, oblique_fissure_z
 from .phantom_canvas import Canvas, SmoothField, ellipsoid_radius
 from .phantom_vessels import grow_tree, tube_box, tube_weight
 
@@ -46,14 +46,9 @@ def _rotation_z(a: float) -> np.ndarray:
 
 
 def lobe_of(x, y, z, side: int) -> np.ndarray:
-    """0 upper, 1 middle (right lung only), 2 lower lobe.
-
-    The oblique fissure runs from high at the back to low at the front, and in an axial slice from
-    postero-medial to antero-lateral; the horizontal fissure (right lung) lies at the hilum level.
-    """
-    lateral = np.abs(x) - 72.0
-    lower = z < (y - 35.0) + 0.45 * lateral - 0.002 * lateral**2
-    middle = ~lower & (z < 0.0) & (side == RIGHT_LUNG)
+    """0 upper, 1 middle (right lung only), 2 lower lobe (see ``phantom_anatomy.oblique_fissure_z``)."""
+    lower = z < oblique_fissure_z(x, y)
+    middle = ~lower & (z < HORIZONTAL_FISSURE_Z) & (side == RIGHT_LUNG)
     return np.where(lower, 2, np.where(middle, 1, 0))
 
 
