@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from .constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LESION
-from .lungs_threshold import segment_lungs
+from .lungs_threshold import segment_lungs_working
 from .threshold_grid import array_to_image, labels_to_grid, to_isotropic
 
 LESION_SPACING_MM = 2.0
@@ -133,6 +133,23 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
+def _lesions_on_input_grid(image: sitk.Image, lungs: sitk.Image) -> np.ndarray:
+    """uint8 (z, y, x) lesion array on ``image``'s grid, not yet limited to the lungs."""
+    work = to_isotropic(image, LESION_SPACING_MM)
+    lung_iso = sitk.GetArrayViewFromImage(labels_to_grid(lungs, work)) > 0
+    out = np.zeros(lung_iso.shape, dtype=np.uint8)
+    if lung_iso.any():
+        # Only the lungs' box (plus a margin) is worked on.
+        box = ndi.find_objects(lung_iso.astype(np.uint8))[0]
+        box = tuple(
+            slice(max(0, s.start - _MARGIN_VOXELS), min(n, s.stop + _MARGIN_VOXELS))
+            for s, n in zip(box, lung_iso.shape, strict=True)
+        )
+        hu = sitk.GetArrayViewFromImage(work)[box]
+        out[box] = lesion_mask_array(hu, lung_iso[box], LESION_SPACING_MM)
+    return sitk.GetArrayFromImage(labels_to_grid(array_to_image(out, work), image))
+
+
 def find_lesions(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     """uint8 0/1 lesion candidates inside ``lungs`` (any non-zero label), vessels suppressed.
 
@@ -140,22 +157,11 @@ def find_lesions(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     (normally ``segment_lungs(image)``). The result is on ``image``'s grid. See
     the module docstring for the rule.
     """
-    work = to_isotropic(image, LESION_SPACING_MM)
-    lung_full = sitk.GetArrayViewFromImage(labels_to_grid(lungs, work)) > 0
-    out = np.zeros(lung_full.shape, dtype=np.uint8)
-    if lung_full.any():
-        # Only the lungs' box (plus a margin) is worked on.
-        box = ndi.find_objects(lung_full.astype(np.uint8))[0]
-        box = tuple(
-            slice(max(0, s.start - _MARGIN_VOXELS), min(n, s.stop + _MARGIN_VOXELS))
-            for s, n in zip(box, lung_full.shape, strict=True)
-        )
-        hu = sitk.GetArrayViewFromImage(work)[box]
-        out[box] = lesion_mask_array(hu, lung_full[box], LESION_SPACING_MM)
-    lesions = labels_to_grid(array_to_image(out, work), image)
+    lesions = _lesions_on_input_grid(image, lungs)
     # Nearest-neighbour resampling can put a lesion voxel just outside the lungs.
     lungs_here = lungs if _same_grid(lungs, image) else labels_to_grid(lungs, image)
-    return sitk.Mask(lesions, sitk.Cast(lungs_here > 0, sitk.sitkUInt8))
+    lesions &= (sitk.GetArrayViewFromImage(lungs_here) > 0).view(np.uint8)
+    return array_to_image(lesions, image)
 
 
 def threshold_labelmap(image: sitk.Image) -> sitk.Image:
@@ -164,8 +170,10 @@ def threshold_labelmap(image: sitk.Image) -> sitk.Image:
     Lesion voxels take label 3 (and leave their lung label), as in every
     labelmap of this project. Raises ``errors.InputError`` if no lungs are found.
     """
-    lungs = segment_lungs(image)
-    lesions = find_lesions(image, lungs)
-    labels = sitk.GetArrayFromImage(lungs)
-    labels[sitk.GetArrayViewFromImage(lesions) > 0] = LESION
+    coarse, work = segment_lungs_working(image)
+    coarse_image = array_to_image(coarse, work)
+    labels = sitk.GetArrayFromImage(labels_to_grid(coarse_image, image))
+    # The lesion finder reads the coarse lungs (cheaper than the full-resolution ones, same voxels).
+    lesions = _lesions_on_input_grid(image, coarse_image)
+    labels[(lesions > 0) & (labels > 0)] = LESION
     return array_to_image(labels, image)

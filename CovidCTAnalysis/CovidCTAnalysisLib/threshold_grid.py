@@ -71,9 +71,9 @@ def aligned_reference(shrunk: sitk.Image) -> sitk.Image:
 def to_working(image: sitk.Image, target_mm: float = WORKING_SPACING_MM) -> WorkingImage:
     """Average-shrink ``image`` and resample it (HU, float32) onto the aligned grid."""
     factors = _shrink_factors(image.GetSpacing(), target_mm)
-    src = sitk.Cast(image, sitk.sitkFloat32)
-    if any(f > 1 for f in factors):
-        src = sitk.BinShrink(src, factors)
+    # Shrink before casting: a float copy of a full-resolution CT is large.
+    src = sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
+    src = sitk.Cast(src, sitk.sitkFloat32)
     ref = aligned_reference(src)
     work = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(AIR_HU), sitk.sitkFloat32)
     # Mark voxels with no input data by resampling a sentinel-filled copy.
