@@ -12,6 +12,8 @@ the segmenter's lung box and the lung cross-check.
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +28,9 @@ from .errors import DicomSegError, InputError
 from .progress import Progress
 
 METHODS = ("model", "threshold")
+# Heavy imports the model path needs (several seconds on 2 cores); imported in a background
+# thread while the CT is loaded and the threshold lungs are found, which release the GIL.
+PREFETCH_MODULES = ("torchvision.models", "monai.networks.nets", "monai.inferers")
 SEGMENT_CHOICES = ("auto", "always", "never")
 DICOM_SEG_CHOICES = ("auto", "required", "off")
 
@@ -72,6 +77,17 @@ class _SubProgress(Progress):
 
     def log(self, message: str, level: str = "info") -> None:
         self.parent.log(message, level)
+
+
+def _prefetch_imports() -> None:
+    def work() -> None:
+        for name in PREFETCH_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import later reports any problem properly
+                return
+
+    threading.Thread(target=work, name="covidct-prefetch-imports", daemon=True).start()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -122,6 +138,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         cls_meta = registry.resolve("classification", classifier)
         if segment != "never":
             seg_meta = registry.resolve("segmentation", segmenter)
+        _prefetch_imports()
 
     progress.step("load", 0.02, f"Loading {input_path.name}")
     with stage("load"):

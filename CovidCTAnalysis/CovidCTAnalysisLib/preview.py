@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import LABEL_NAMES, LESION, TERMINOLOGY
+from .volume import patient_left_axis
 
 LUNG_WINDOW = (-1350.0, 150.0)  # display range (level -600, width 1500)
 OVERLAY_ALPHA = 0.45
@@ -68,12 +69,18 @@ def write_preview(image: sitk.Image, labelmap: sitk.Image, path: str | Path, tit
                    origin=origin, interpolation="nearest")
     axes[1].imshow(_overlay(lab[:, y, :]), aspect=sz / sx, origin=origin, interpolation="nearest")
     axes[1].set_title(f"coronal, row y={y}")
+    axis, sign = patient_left_axis(image)
+    if axis == 2:  # columns run along the patient's left-right axis: mark the sides
+        for ax in axes:
+            for x, text in ((0.01, "L" if sign < 0 else "R"), (0.99, "R" if sign < 0 else "L")):
+                ax.text(x, 0.98, text, transform=ax.transAxes, color="yellow", fontsize=12, fontweight="bold",
+                        ha="left" if x < 0.5 else "right", va="top")
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Patch(color=np.array(TERMINOLOGY[k].color_rgb) / 255.0, label=v) for k, v in LABEL_NAMES.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.suptitle("\n".join(title_lines), fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.86))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.88))
     fig.savefig(str(path))
     return Path(path)
