@@ -226,7 +226,7 @@ def compare_lungs(model_labels: sitk.Image, threshold_lungs: sitk.Image) -> dict
     resampled (nearest neighbour) onto the threshold grid. Returns
     ``{"left": rel_diff, "right": rel_diff, "flag": bool, "message": str}``
     plus the volumes (``left_ml_model`` ...), where rel_diff is
-    |V_model - V_threshold| / V_threshold (inf if the threshold lung is empty)
+    |V_model - V_threshold| / V_threshold (1.0 if only the threshold lung is empty)
     and ``flag`` is set when either exceeds 15 %.
     """
     thr = sitk.GetArrayFromImage(threshold_lungs)
@@ -242,7 +242,8 @@ def compare_lungs(model_labels: sitk.Image, threshold_lungs: sitk.Image) -> dict
     for name, value in (("left", LEFT_LUNG), ("right", RIGHT_LUNG)):
         v_thr = float(np.count_nonzero(thr == value)) * voxel_ml
         v_model = float(np.count_nonzero(model == value)) * voxel_ml
-        rel = abs(v_model - v_thr) / v_thr if v_thr > 0 else float("inf")
+        # An empty threshold lung counts as 100 % apart from a model lung (kept finite for JSON).
+        rel = abs(v_model - v_thr) / v_thr if v_thr > 0 else (1.0 if v_model > 0 else 0.0)
         result[name] = rel
         result[f"{name}_ml_model"] = v_model
         result[f"{name}_ml_threshold"] = v_thr
