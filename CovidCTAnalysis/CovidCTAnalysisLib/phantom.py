@@ -202,12 +202,12 @@ def _render_on_grid(grid: _Grid, kind: str, seed: int) -> tuple[np.ndarray, np.n
         for j, a in enumerate(axis_of):
             c = grid.origin[a] + d[a, j] * s[j] * np.arange(n[j])
             coords[a] = (c - grid.centre[a]) / grid.scale
-        canvas = _draw(Canvas(*coords, voxel_mm=voxel), kind, seed)
+        canvas, landmarks, info = _draw(Canvas(*coords, voxel_mm=voxel), kind, seed)
         # canvas axes are (LPS z, y, x); the image's numpy axis m holds index axis 2 - m
         order = tuple(int(2 - axis_of[2 - m]) for m in range(3))
         hu = np.ascontiguousarray(np.transpose(canvas.hu, order))
         label = np.ascontiguousarray(np.transpose(canvas.label, order))
-        return hu, label, canvas.landmarks, canvas.info
+        return hu, label, landmarks, info
     # oblique grid: draw on a patient-aligned grid around it, then resample
     corners = np.array([[i, j, k] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)], float)
     phys = grid.origin[None, :] + (corners * s[None, :]) @ d.T
@@ -215,25 +215,24 @@ def _render_on_grid(grid: _Grid, kind: str, seed: int) -> tuple[np.ndarray, np.n
     lo, hi = phys.min(axis=0) - step, phys.max(axis=0) + step
     coords = [(lo[a] + step[a] * np.arange(int(np.ceil((hi[a] - lo[a]) / step[a])) + 1) - grid.centre[a]) / grid.scale
               for a in range(3)]
-    canvas = _draw(Canvas(*coords, voxel_mm=voxel), kind, seed)
+    canvas, landmarks, info = _draw(Canvas(*coords, voxel_mm=voxel), kind, seed)
     out = []
     for arr, interp, default in ((canvas.hu, sitk.sitkLinear, -1000.0), (canvas.label, sitk.sitkNearestNeighbor, 0.0)):
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing(tuple(float(v) for v in step))
         img.SetOrigin(tuple(float(v) for v in lo))
         out.append(_resample_to(img, grid, interp, default))
-    return out[0].astype(np.float32), out[1].astype(np.uint8), canvas.landmarks, canvas.info
+    return out[0].astype(np.float32), out[1].astype(np.uint8), landmarks, info
 
 
-def _draw(canvas: Canvas, kind: str, seed: int) -> Canvas:
+def _draw(canvas: Canvas, kind: str, seed: int) -> tuple[Canvas, dict, dict]:
+    """Render the seed's patient (anatomy stream) and the kind's lesions (lesion stream) on ``canvas``."""
     rng = np.random.default_rng([seed, 1])
     anat = Anatomy.from_rng(rng)
     texture = SmoothField(rng)
     landmarks = render_anatomy(canvas, anat, rng, texture)
     lesions = render_lesions(canvas, anat, kind, np.random.default_rng([seed, 2, KINDS.index(kind)]))
-    canvas.landmarks = landmarks
-    canvas.info = {"lesion_count": len(lesions)}
-    return canvas
+    return canvas, landmarks, {"lesion_count": len(lesions)}
 
 
 # --- acquisition -----------------------------------------------------------------------------------
