@@ -162,8 +162,9 @@ def airway_segments(anat: Anatomy, rng: np.random.Generator) -> Airways:
     landmarks = {
         "carina": carina,
         "trachea": (2.0, 19.0, 90.0),  # mid trachea, above the lung apices' medial edge
-        "right_main_bronchus": tuple(0.5 * (np.add(carina, right_end))),
-        "left_main_bronchus": tuple(0.5 * (np.add(carina, left_end))),
+        # distal main bronchi, already inside the lungs' outline (air, but not lung)
+        "right_main_bronchus": tuple(float(v) for v in np.add(carina, 0.85 * np.subtract(right_end, carina))),
+        "left_main_bronchus": tuple(float(v) for v in np.add(carina, 0.85 * np.subtract(left_end, carina))),
     }
     return Airways(main=main, branches=right + left, landmarks=landmarks)
 
