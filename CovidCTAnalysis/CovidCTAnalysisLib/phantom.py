@@ -37,7 +37,7 @@ from .volume import voxel_volume_ml
 
 KINDS = ("normal", "pneumonia", "covid")
 # Bumped whenever the phantom made for a given (kind, seed, grid) changes: key caches on it.
-PHANTOM_VERSION = "6"
+PHANTOM_VERSION = "7"
 HU_CLIP = (-1024, 3071)  # what a 12-bit CT reconstruction can hold
 MAX_VOXELS = 1024**3
 IMAGE_NAME = "image.nii.gz"

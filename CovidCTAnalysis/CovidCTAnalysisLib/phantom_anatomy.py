@@ -311,10 +311,11 @@ def _paint_mediastinum(canvas: Canvas, anat: Anatomy) -> None:
         ((-4.0, 44.0, -160.0), (-4.0, 44.0, 400.0), 7.0, BLOOD_HU),  # oesophagus wall
         ((-4.0, 44.0, -160.0), (-4.0, 44.0, 400.0), 2.0, AIR_HU),
         ((20.0, 50.0, -400.0), (20.0, 50.0, 55.0), 12.0, BLOOD_HU),  # descending aorta
-        ((20.0, 50.0, 55.0), (10.0, 10.0, 78.0), 13.0, BLOOD_HU),  # arch
-        ((10.0, 10.0, 78.0), (5.0, -22.0, 55.0), 14.0, BLOOD_HU),
+        ((20.0, 50.0, 55.0), (26.0, 8.0, 76.0), 12.0, BLOOD_HU),  # arch, passing left of the trachea
+        ((26.0, 8.0, 76.0), (5.0, -22.0, 55.0), 13.0, BLOOD_HU),
         ((5.0, -22.0, 55.0), (10.0, -25.0, -25.0), 15.0, BLOOD_HU),  # ascending aorta
-        ((10.0, 10.0, 78.0), (-6.0, 5.0, 400.0), 6.0, BLOOD_HU),  # brachiocephalic trunk
+        ((18.0, 0.0, 82.0), (-10.0, -8.0, 400.0), 6.0, BLOOD_HU),  # brachiocephalic trunk
+        ((28.0, 10.0, 80.0), (30.0, 20.0, 400.0), 4.5, BLOOD_HU),  # left subclavian artery
         ((-25.0, -18.0, -30.0), (-24.0, -15.0, 400.0), 10.0, BLOOD_HU),  # superior vena cava
         ((15.0, -45.0, -30.0), (10.0, -20.0, 18.0), 13.0, BLOOD_HU),  # pulmonary trunk
         ((10.0, -20.0, 18.0), (-30.0, 8.0, 8.0), 10.0, BLOOD_HU),  # right pulmonary artery
