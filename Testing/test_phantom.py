@@ -321,3 +321,12 @@ def test_cli_refuses_bad_values_and_writes_nothing(tmp_path, extra, fragment):
         _cli(["phantom", "--kind", "normal", "--output-dir", str(out), *extra])
     assert fragment in str(err.value)
     assert not out.exists()
+
+
+def test_write_phantom_refuses_a_file_as_folder(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(OutputError) as err:
+        write_phantom(cached("normal", 0), blocker)
+    assert str(blocker) in str(err.value)
+    assert blocker.read_text() == "x"
