@@ -14,10 +14,13 @@ Method (on a ~2 mm grid aligned with the patient axes, see ``threshold_grid``):
 4. Connected pieces of at least ``MIN_PIECE_ML`` whose median HU is that of
    lung, not of pure gas (bowel, stomach: median below ``GAS_MEDIAN_HU``), and
    that are not tiny next to the largest, are kept.
-5. Left/right by patient coordinates (``lung_sides``).
-6. Each lung is closed and its axial holes up to ``MAX_HOLE_MM2`` filled, so
+5. They grow by up to ``LUNG_GROW_MM`` through voxels between
+   ``GAS_MEDIAN_HU`` and ``DENSE_LUNG_MAX_HU``: dependent density and partial
+   volume at the pleura join the lung next to them, pure gas does not.
+6. Left/right by patient coordinates (``lung_sides``).
+7. Each lung is closed and its axial holes up to ``MAX_HOLE_MM2`` filled, so
    vessels and dense lesions inside it count as lung.
-7. Labels go back to the input grid by nearest-neighbour resampling.
+8. Labels go back to the input grid by nearest-neighbour resampling.
 """
 
 from __future__ import annotations
@@ -137,8 +140,8 @@ def segment_lungs_working(image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
             f"(HU above the body threshold) with a median HU of lung (at least {GAS_MEDIAN_HU:.0f}). "
             "Check that the image is a chest CT in Hounsfield units that includes the lungs."
         )
-    # Hysteresis: grow the aerated lung into denser lung next to it.
-    denser = body & (hu < DENSE_LUNG_MAX_HU) & ~airway
+    # Hysteresis: grow the aerated lung into denser lung next to it (never into gas).
+    denser = body & (hu >= GAS_MEDIAN_HU) & (hu < DENSE_LUNG_MAX_HU) & ~airway
     steps = max(1, int(round(LUNG_GROW_MM / spacing[0])))
     lung = ndi.binary_dilation(lung, iterations=steps, mask=denser)
     labels = split_left_right(lung, body, spacing)
