@@ -244,6 +244,7 @@ def test_random_direction_is_a_seeded_signed_permutation():
         (dict(kind="covid", seed=0, direction=(1.0, 0.0, 0.0) * 3), "orthonormal"),
         (dict(kind="covid", seed=0, direction=(1.0, 0.0)), "orthonormal"),
         (dict(kind="covid", seed=0, direction="sideways"), "sideways"),
+        (dict(kind="covid", seed=0, size=(2048, 2048, 2048)), "voxels"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_value(kwargs, fragment):

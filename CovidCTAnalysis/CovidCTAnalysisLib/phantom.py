@@ -39,7 +39,7 @@ KINDS = ("normal", "pneumonia", "covid")
 # Bumped whenever the phantom made for a given (kind, seed, grid) changes: key caches on it.
 PHANTOM_VERSION = "7"
 HU_CLIP = (-1024, 3071)  # what a 12-bit CT reconstruction can hold
-MAX_VOXELS = 1024**3
+MAX_VOXELS = 2**28  # ~ 3 GB peak memory (about 11.5 bytes per voxel while rendering)
 IMAGE_NAME = "image.nii.gz"
 TRUTH_NAME = "truth.nii.gz"
 
