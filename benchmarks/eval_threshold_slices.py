@@ -18,7 +18,8 @@
 
     python -m benchmarks.eval_threshold_slices [--skip-timing]
 
-Results: ``benchmarks/results/eval_threshold_slices.json``. Without
+Results: ``benchmarks/results/eval_threshold_slices.json`` and a picture,
+``eval_threshold_slices.png`` (slice labels along z, example slices). Without
 ``../shared/data`` only the timing runs.
 """
 
@@ -70,7 +71,7 @@ def naive_band(image: sitk.Image, lungs: sitk.Image) -> np.ndarray:
     return (sitk.GetArrayViewFromImage(lungs) > 0) & (hu >= GGO_BAND_HU[0]) & (hu <= CONSOLIDATION_BAND_HU[1])
 
 
-def evaluate_case(data: Path, case: str, info: dict) -> dict:
+def evaluate_case(data: Path, case: str, info: dict, keep: dict | None = None) -> dict:
     image = sitk.ReadImage(str(data / "covid-ct-md" / info["file"]))
     t0 = time.perf_counter()
     lungs = segment_lungs(image)
@@ -96,8 +97,49 @@ def evaluate_case(data: Path, case: str, info: dict) -> dict:
         out["n_slices"] = int(truth.size)
         out["n_positive_slices"] = int(truth.sum())
         out["threshold"] = scores(slice_positive(lesions, spacing), truth, lung_slices)
-        out["naive_band"] = scores(slice_positive(naive_band(image, lungs), spacing), truth, lung_slices)
+        naive_positive = slice_positive(naive_band(image, lungs), spacing)
+        out["naive_band"] = scores(naive_positive, truth, lung_slices)
+        if keep is not None:
+            keep[case] = {
+                "hu": sitk.GetArrayFromImage(image),
+                "lungs": sitk.GetArrayFromImage(lungs),
+                "lesions": lesions,
+                "truth": truth,
+                "threshold": slice_positive(lesions, spacing),
+                "naive": naive_positive,
+            }
     return out
+
+
+def save_figure(kept: dict, path: Path) -> None:
+    """Per case: the slice labels (truth / threshold / naive band) along z, and three axial slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(kept), 4, figsize=(16, 4.2 * len(kept)), squeeze=False)
+    for row, (case, k) in zip(axes, kept.items(), strict=True):
+        strip = np.stack([k["truth"], k["threshold"], k["naive"]]).astype(float)
+        row[0].imshow(strip, aspect="auto", cmap="Reds", interpolation="nearest", vmin=0, vmax=1)
+        row[0].set_yticks([0, 1, 2], ["radiologists", "threshold", "naive band"])
+        row[0].set_xlabel("slice z (0 = inferior)")
+        row[0].set_title(f"{case}: slices with lesion")
+        lung_z = np.nonzero(k["lungs"].any(axis=(1, 2)))[0]
+        for ax, q in zip(row[1:], (0.3, 0.5, 0.7), strict=True):
+            z = int(lung_z[int(q * (len(lung_z) - 1))])
+            ax.imshow(k["hu"][z], cmap="gray", vmin=-1200, vmax=200)
+            ax.contour(k["lungs"][z] > 0, [0.5], colors="y", linewidths=0.6)
+            if k["lesions"][z].any():
+                ax.contour(k["lesions"][z], [0.5], colors="r", linewidths=0.8)
+            ax.set_title(
+                f"z={z} labelled {'+' if k['truth'][z] else '-'}, threshold {'+' if k['threshold'][z] else '-'}"
+            )
+            ax.axis("off")
+    fig.suptitle("--method threshold vs radiologists' slice labels (lungs yellow, lesions red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def evaluate_dicom_p001(data: Path, truth: list[int]) -> dict:
@@ -207,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     if SHARED_DATA.is_dir():
         labels = json.loads((SHARED_DATA / "covid-ct-md" / "labels.json").read_text())["cases"]
-        result["cases"] = {case: evaluate_case(SHARED_DATA, case, info) for case, info in labels.items()}
+        kept: dict = {}
+        result["cases"] = {case: evaluate_case(SHARED_DATA, case, info, kept) for case, info in labels.items()}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        save_figure(kept, RESULTS / "eval_threshold_slices.png")
+        print(f"wrote {RESULTS / 'eval_threshold_slices.png'}")
         print(f"{'case':10} {'method':10} {'sens':>6} {'spec':>6} {'(lung)':>7} {'pos':>5}/{'n':<4} lesion mL")
         for case, res in result["cases"].items():
             for method in ("threshold", "naive_band"):
