@@ -16,7 +16,7 @@
   above the loaded image on the 2-core development machine; RSS sampled from
   ``/proc/self/statm`` every 20 ms).
 
-    python -m benchmarks.eval_threshold_slices [--skip-timing]
+    python -m benchmarks.eval_threshold_slices [--skip-timing] [--robustness]
 
 Results: ``benchmarks/results/eval_threshold_slices.json`` and a picture,
 ``eval_threshold_slices.png`` (slice labels along z, example slices). Without
@@ -196,6 +196,41 @@ def evaluate_lidc(data: Path) -> dict:
     }
 
 
+# One rule constant at a time, moved off its value: do the slice scores hold up?
+ROBUSTNESS = {
+    "LOCAL_MEAN_MIN_HU": (-750.0, -650.0),
+    "MIN_LESION_MM3": (500.0, 2000.0),
+    "LOCAL_SIGMA_MM": (3.0, 6.0),
+    "RIM_MM": (2.0, 5.0),
+    "SOLID_DEPTH_MM": (6.0, 14.0),
+}
+
+
+def robustness(data: Path, labels: dict) -> list[dict]:
+    """Slice scores on P001 and cap001 with each rule constant moved to the values in ``ROBUSTNESS``."""
+    from CovidCTAnalysisLib import lesions_threshold as rule
+
+    cases = {}
+    for case in ("P001", "cap001"):
+        image = sitk.ReadImage(str(data / "covid-ct-md" / labels[case]["file"]))
+        cases[case] = (image, segment_lungs(image), np.asarray(labels[case]["slice_infection_label_by_nifti_z"], bool))
+    rows = []
+    for name, values in ROBUSTNESS.items():
+        default = getattr(rule, name)
+        for value in values:
+            setattr(rule, name, value)
+            try:
+                row = {"constant": name, "value": value, "default": default}
+                for case, (image, lungs, truth) in cases.items():
+                    lesions = sitk.GetArrayFromImage(rule.find_lesions(image, lungs)) > 0
+                    lung_slices = (sitk.GetArrayViewFromImage(lungs) > 0).any(axis=(1, 2))
+                    row[case] = scores(slice_positive(lesions, image.GetSpacing()), truth, lung_slices)
+                rows.append(row)
+            finally:
+                setattr(rule, name, default)
+    return rows
+
+
 _CHILD = """
 import json, os, threading, time
 import SimpleITK as sitk
@@ -245,6 +280,9 @@ def time_large_phantom(size=(512, 512, 300), spacing=(0.7, 0.7, 1.5)) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-timing", action="store_true", help="skip the 512x512x300 timing run")
+    parser.add_argument(
+        "--robustness", action="store_true", help="also rerun the slice scores with each rule constant moved"
+    )
     args = parser.parse_args(argv)
     result: dict = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     if SHARED_DATA.is_dir():
@@ -270,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         result["lidc"] = evaluate_lidc(SHARED_DATA)
         for key in ("p001_dicom", "example_ct", "lidc"):
             print(f"{key}: {result[key]}")
+        if args.robustness:
+            result["robustness"] = robustness(SHARED_DATA, labels)
+            for row in result["robustness"]:
+                cells = "  ".join(
+                    f"{c} sens {row[c]['sensitivity']:.2f} spec {row[c]['specificity']:.2f}" for c in ("P001", "cap001")
+                )
+                print(f"{row['constant']:>18} = {row['value']:>7} (default {row['default']:>7}): {cells}")
     else:
         print(f"{SHARED_DATA} is absent: real-data evaluation skipped")
     if not args.skip_timing:
