@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -143,15 +144,23 @@ def read_image_file(path: Path, what: str = "image") -> sitk.Image:
         raise InputError(f"{what} {path} does not exist; expected a NIfTI/NRRD/MHA file or a DICOM folder")
     if path.stat().st_size == 0:
         raise InputError(f"{what} {path} is empty (0 bytes); expected a NIfTI/NRRD/MHA image")
+    check = None
     if file_format(path) == "nifti":
-        _check_nifti_complete(path)
+        # zlib, numpy and ITK release the GIL: the check runs beside the read, on the other core
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nifti-check")
+        check = pool.submit(_check_nifti_complete, path)
+        pool.shutdown(wait=False)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
+        if check is not None:
+            check.result()  # its message (truncated, not NIfTI) is the clearer one
         first = str(e).strip().splitlines()
         detail = next((ln.strip() for ln in first if ln.strip() and "sitk::ERROR" in ln), first[-1] if first else "")
         raise InputError(f"{what} {path} ({path.stat().st_size} bytes) could not be read: it is truncated or "
                          f"corrupt ({detail[:200]}); expected a complete NIfTI/NRRD/MHA image") from e
+    if check is not None:
+        check.result()
     return image
 
 

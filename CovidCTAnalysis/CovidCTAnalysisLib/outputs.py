@@ -133,7 +133,8 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | Path) -> Path:
             "terminology": terminology_entry(label),
         })
     seg = {
-        "voxels": np.ascontiguousarray(arr.astype(np.uint8).transpose(2, 1, 0)),  # (z,y,x) -> (i,j,k)
+        # (z,y,x) -> (i,j,k) as a view: pynrrd writes it in Fortran order, i.e. our C order, with no copy
+        "voxels": (arr if arr.dtype == np.uint8 else arr.astype(np.uint8)).transpose(2, 1, 0),
         "ijkToLPS": _ijk_to_lps(labelmap),
         "encoding": "gzip",
         "containedRepresentationNames": ["Binary labelmap"],
