@@ -181,6 +181,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
             classification = classify(volume, extent, cls_model, dev, _SubProgress(progress, 0.15, 0.4))
         del cls_model
         progress.log(f"Classification: {classification.label}")
+        crosscheck = {"ran": False, "message": "not run: the model made no segmentation"}
         run_seg = segment == "always" or (segment == "auto" and classification.label == COVID_CLASS)
         seg_reason = (f"--segment {segment}" if segment != "auto"
                       else f"--segment auto and the class is {classification.label}")
@@ -195,7 +196,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
                 labelmap = run_segmenter(volume, extent, seg_model, dev, _SubProgress(progress, 0.42, 0.8))
             del seg_model
             with stage("lung_crosscheck"):
-                crosscheck = dict(compare_lungs(labelmap, lungs))
+                crosscheck = {"ran": True, **compare_lungs(labelmap, lungs)}
             if crosscheck.get("flag"):
                 progress.log(f"lung cross-check: {crosscheck.get('message')}", "warning")
     else:
