@@ -118,3 +118,13 @@ def test_full_resolution_dicom_agrees_with_the_256_nifti(shared_data, covid_ct_m
     small = lung_extent(covid_ct_md("P001")[1])
     assert abs(full.left_ml / small.left_ml - 1.0) <= 0.05
     assert abs(full.right_ml / small.right_ml - 1.0) <= 0.05
+
+
+def test_chest_crop_without_body_outline_still_gives_both_lungs(shared_data):
+    """A contrast chest CT cropped inside the body: lungs touch the image border, no room air."""
+    image = sitk.ReadImage(str(shared_data / "totalsegmentator" / "pulmonary_report_ct_cropped_chestCTA.nii.gz"))
+    lungs = segment_lungs(image)
+    ext = lung_extent(lungs)
+    # The crop holds the medial parts of both lungs (~ 0.5-1.5 L each).
+    assert 300.0 <= ext.left_ml <= 2000.0 and 300.0 <= ext.right_ml <= 2000.0
+    assert _centre_x_mm(lungs, LEFT_LUNG) > _centre_x_mm(lungs, RIGHT_LUNG)
