@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(cli_models.run(args) or 0)
         parser.error(f"unknown command {args.command}")
     except CovidCTError as e:
-        print(f"error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())  # one line, whatever the message's own layout
+        print(f"error: {one_line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
