@@ -221,3 +221,24 @@ def test_orientation_list_is_distinct():
     dirs = {_direction(p, s) for p, s in ORIENTATIONS}
     assert len(dirs) == len(ORIENTATIONS) >= 8
     assert all(sorted(p) == [0, 1, 2] for p, _ in ORIENTATIONS)
+
+
+def test_split_left_right_cuts_a_wide_bridge_at_its_thinnest_column(monkeypatch):
+    """Thin lungs joined by a bridge thicker than they are: erosion cannot split them, the per-slice cut must."""
+    import CovidCTAnalysisLib.lung_sides as lung_sides
+
+    shape = (20, 60, 100)  # (z, y, x) at 2 mm; x increases to the patient's left
+    body = np.zeros(shape, dtype=bool)
+    body[:, 5:55, 5:95] = True
+    lung = np.zeros(shape, dtype=bool)
+    lung[:, 10:50, 25:35] = True  # right lung (small x), 20 mm wide
+    lung[:, 10:50, 65:75] = True  # left lung
+    lung[:, 20:50, 35:65] = True  # a 60 mm wide, 60 mm tall bridge between them
+    cuts = []
+    real_cut = lung_sides._split_by_midline_cut
+    monkeypatch.setattr(lung_sides, "_split_by_midline_cut", lambda *a: cuts.append(1) or real_cut(*a))
+    labels = lung_sides.split_left_right(lung, body, (2.0, 2.0, 2.0))
+    assert cuts, "erosion should not have separated this piece"
+    assert np.all(labels[:, 10:50, 25:35] == RIGHT_LUNG)
+    assert np.all(labels[:, 10:50, 65:75] == LEFT_LUNG)
+    assert set(np.unique(labels[lung])) == {LEFT_LUNG, RIGHT_LUNG} and not labels[~lung].any()
