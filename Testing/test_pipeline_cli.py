@@ -144,6 +144,12 @@ def test_refuses_overwrite_without_force(covid_nifti, tmp_path, capsys):
                          "--segment", "never", "--progress", "none"], capsys)
     assert code == 4 and "--force" in err and err.startswith("error: ")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    bad = tmp_path / "empty.nii.gz"
+    bad.write_bytes(b"")
+    code, _, err = _run(["analyze", str(bad), "-o", str(out), "--method", "threshold", "--force",
+                         "--progress", "none"], capsys)
+    assert code == 2 and "empty" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a failed --force run must change nothing"
     code, _, err = _run(["analyze", str(covid_nifti), "-o", str(out), "--method", "threshold",
                          "--segment", "never", "--force", "--progress", "none"], capsys)
     assert code == 0, err
