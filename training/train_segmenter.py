@@ -136,13 +136,16 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.
 
 @torch.no_grad()
 def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> tuple[dict, np.ndarray | None]:
-    """Sliding-window inference on the model grid; mean Dice per foreground class."""
+    """Sliding-window inference on the model grid; mean Dice per foreground class (NaN when a class is
+    absent from every case)."""
     from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric
+    from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
+    # The functional compute_dice, not DiceMetric: DiceMetric syncs its buffers across ranks when a
+    # process group exists, and only rank 0 validates.
     model.eval()
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    rows = []
     overlay = None
     for i, d in enumerate(val_data):
         x = torch.as_tensor(d["image"])[None].to(device)
@@ -150,10 +153,11 @@ def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> 
                                           overlap=float(prep["sw_overlap"]), mode="gaussian")
         pred = logits.argmax(dim=1, keepdim=True).cpu()
         y = torch.as_tensor(d["label"])[None].long()
-        metric(one_hot(pred, n_labels), one_hot(y, n_labels))
+        rows.append(compute_dice(one_hot(pred, n_labels), one_hot(y, n_labels), include_background=False,
+                                 ignore_empty=True)[0])
         if i == 0:
             overlay = overlay_image(d["image"][0], pred[0, 0].numpy(), d["label"][0])
-    per_class = metric.aggregate().cpu().numpy().tolist()
+    per_class = torch.nanmean(torch.stack(rows), dim=0).numpy().tolist()
     return {str(k + 1): float(v) for k, v in enumerate(per_class)}, overlay
 
 

@@ -1,0 +1,136 @@
+"""Unit tests of the training helpers: splits, label order, class names, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+
+def test_split_by_patient_is_seeded_stratified_and_order_free():
+    from training.splits import split_by_patient
+
+    ids = [f"p{i:02d}" for i in range(20)]
+    classes = [i % 2 for i in range(20)]
+    a = split_by_patient(ids, classes, 0.7, seed=3)
+    b = split_by_patient(ids[::-1], classes[::-1], 0.7, seed=3)
+    assert a == b  # the order of the input does not matter
+    assert set(a.train).isdisjoint(a.val) and set(a.train) | set(a.val) == set(ids)
+    assert len(a.train) == 14 and len(a.val) == 6
+    assert sum(classes[ids.index(p)] for p in a.val) == 3  # stratified: 3 of each class held out
+    assert split_by_patient(ids, classes, 0.7, seed=4) != a
+    with pytest.raises(ValueError, match="train_fraction"):
+        split_by_patient(ids, classes, 1.5)
+
+
+def test_split_cases_keeps_a_patients_cases_together():
+    from training.splits import split_cases
+
+    cases = [f"phantom-{k}-{s}" for s in range(10) for k in ("normal", "covid")]
+    groups = [c.rsplit("-", 1)[1] for c in cases]
+    split = split_cases(cases, groups, None, 0.7, seed=0)
+    for s in range(10):
+        assert (f"phantom-normal-{s}" in split.train) == (f"phantom-covid-{s}" in split.train)
+    assert len(split.val) == 6
+
+
+def test_covid_ct_md_labels_are_reordered_from_superior_first():
+    from training.classifier_data import labels_by_z
+
+    img = sitk.Image(4, 4, 5, sitk.sitkInt16)  # identity direction: z index increases superiorly
+    upstream = np.array([1, 1, 0, 0, 0, 0, 0])  # padded row; index 0 = most superior
+    assert labels_by_z(upstream, img).tolist() == [0, 0, 0, 1, 1]
+    img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))  # z index increases inferiorly
+    assert labels_by_z(upstream, img).tolist() == [1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="slice labels"):
+        labels_by_z(np.zeros(3), img)
+
+
+def test_class_names_and_aliases():
+    from training.classifier_data import class_index, parse_class_folders
+
+    assert class_index("CAP") == class_index("Pneumonia") == 1
+    assert class_index("covid") == 2 and class_index("Normal") == 0
+    with pytest.raises(ValueError, match="not known"):
+        class_index("flu")
+    assert parse_class_folders("Normal=N,COVID-19=C") == {0: "N", 2: "C"}
+
+
+def test_parse_seeds():
+    from training.phantom_cache import parse_seeds
+
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError):
+        parse_seeds(",")
+
+
+def test_classification_metrics_known_answer():
+    from training.metrics import classification_metrics
+
+    y = [0, 0, 1, 1, 2, 2]
+    probs = np.array([[.9, .05, .05], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.1, .1, .8], [.3, .3, .4]])
+    m = classification_metrics(y, probs, ["Normal", "Pneumonia", "COVID-19"])
+    assert m["accuracy"] == pytest.approx(5 / 6)
+    assert m["confusion_matrix"]["counts"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+    assert m["per_class"]["Normal"]["sensitivity"] == 0.5 and m["per_class"]["Normal"]["specificity"] == 1.0
+    assert m["per_class"]["Pneumonia"]["specificity"] == 0.75
+    assert m["per_class"]["COVID-19"]["auc"] == 1.0
+
+
+def test_dice_hd95_and_summary():
+    from training.metrics import dice_hd95, summarise
+
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[5:15, 5:15, 5:15] = 1
+    pred = np.roll(truth, 2, axis=2)  # shifted 2 voxels along x
+    r = dice_hd95(pred, truth, [1, 3], (1.0, 1.0, 2.0))
+    assert r[1]["dice"] == pytest.approx(0.8)
+    assert r[1]["hd95_mm"] == pytest.approx(4.0)  # 2 voxels of 2 mm
+    assert r[3]["dice"] == 1.0 and r[3]["hd95_mm"] is None  # absent from both
+    s = summarise([r, r], {1: "Left lung", 3: "Lesion"})
+    assert s["Left lung"]["dice_mean"] == pytest.approx(0.8) and s["Left lung"]["dice_std"] == 0.0
+    assert s["Lesion"]["n_cases"] == 0 and s["Lesion"]["dice_mean"] is None
+
+
+def test_checkpoint_roundtrip_is_weights_only(tmp_path):
+    from training.common import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.pt", model, opt, 4, 0.5, None, {"history": [1]})
+    other = torch.nn.Linear(3, 2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    state = load_checkpoint(tmp_path / "c.pt", other, other_opt)
+    assert state["epoch"] == 4 and state["best_metric"] is None and state["extra"] == {"history": [1]}
+    assert torch.equal(other.weight, model.weight)
+    with pytest.raises(SystemExit, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", other)
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    import json
+
+    from training import train_segmenter
+
+    args = ["--dataset", "phantoms", "--phantom-seeds", "0-1", "--phantom-kinds", "covid", "--phantom-spacing", "9",
+            "--spacing", "9", "--roi", "16", "--batch-size", "1", "--channels", "2,4", "--strides", "2",
+            "--num-res-units", "0", "--device", "cpu", "--threads", "1", "--output-dir", str(tmp_path / "run")]
+    assert train_segmenter.main([*args, "--epochs", "1"]) == 0
+    assert train_segmenter.main([*args, "--epochs", "2", "--resume"]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [h["epoch"] for h in run["history"]] == [0, 1]
+    state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path, capsys):
+    from training import train_classifier
+
+    with pytest.raises(SystemExit, match="--csv is required"):
+        train_classifier.main(["--dataset", "nifti-csv", "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="level,width"):
+        train_classifier.main(["--dataset", "nifti-csv", "--csv", "x.csv", "--windows=a,b",
+                               "--output-dir", str(tmp_path / "o")])
