@@ -28,13 +28,14 @@ from .common import REPO_ROOT, write_json
 CLASSIFIER_ID = "covidct-classifier-demo"
 SEGMENTER_ID = "covidct-segmenter-demo"
 DEMO_VERSION = "1.0.0"
+QUICK_VERSION = "0.0.1-quick"  # --quick models never pass for the real demo models
 TRAIN_SEEDS = "0-11"
 EVAL_SEEDS = "100-104"
 ANALYSIS_SEED = 2026
 
 # Settings chosen to train on 2 CPU cores within minutes (recorded in each model's metadata).
-CLASSIFIER_ARGS = ["--input-size", "96", "--max-slices-per-case", "16", "--epochs", "5", "--batch-size", "16",
-                   "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-4",
+CLASSIFIER_ARGS = ["--input-size", "64", "--max-slices-per-case", "12", "--epochs", "6", "--batch-size", "16",
+                   "--optimizer", "adamw", "--lr", "5e-4", "--weight-decay", "1e-4", "--augment-strength", "0.5",
                    "--aggregation", "top_fraction_mean", "--aggregation-fraction", "0.3", "--slice-step", "2"]
 SEGMENTER_ARGS = ["--spacing", "2.5,2.5,2.5", "--roi", "64,64,64", "--epochs", "20", "--batch-size", "2",
                   "--num-samples", "1", "--optimizer", "adamw", "--lr", "1e-3", "--val-every", "10",
@@ -67,15 +68,15 @@ class Steps:
         return time.monotonic() - self.t0
 
 
-def installed(registry, model_id: str):
+def installed(registry, model_id: str, version: str = DEMO_VERSION):
     for meta in registry.list():
-        if meta.id == model_id and meta.version == DEMO_VERSION:
+        if meta.id == model_id and meta.version == version:
             return meta
     return None
 
 
 def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
-                      extra: list[str], cache: Path) -> None:
+                      extra: list[str], cache: Path, version: str = DEMO_VERSION) -> None:
     """Train, export, evaluate on unseen seeds, install one demo model."""
     from . import evaluate, export
     from . import train_classifier as tc
@@ -91,7 +92,7 @@ def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds
         ts.main(common + SEGMENTER_ARGS + extra)
     steps.start(f"export_{kind}", f"exporting the {kind} model folder")
     model_id = CLASSIFIER_ID if kind == "classifier" else SEGMENTER_ID
-    export.export(run_dir, model_dir, model_id, DEMO_VERSION, demo=True, force=True)
+    export.export(run_dir, model_dir, model_id, version, demo=True, force=True)
     steps.start(f"evaluate_{kind}", f"evaluating the {kind} on unseen phantom seeds {eval_seeds}")
     evaluate.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", eval_seeds,
                    "--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache)])
@@ -129,17 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     cache = work / "phantom-cache"
     train_seeds = QUICK["train_seeds"] if args.quick else TRAIN_SEEDS
     eval_seeds = QUICK["eval_seeds"] if args.quick else EVAL_SEEDS
+    version = QUICK_VERSION if args.quick else DEMO_VERSION
     todo = [k for k, mid in (("classifier", CLASSIFIER_ID), ("segmenter", SEGMENTER_ID))
-            if args.retrain or installed(registry, mid) is None]
+            if args.retrain or installed(registry, mid, version) is None]
     steps = Steps(total=4 * len(todo) + 2)
     print(f"==> demo: models in {registry.root}; work files in {work}. Research use, not for diagnosis.", flush=True)
     if not todo:
         print("==> demo models already installed (use --retrain to train them again)", flush=True)
     for kind in todo:
         train_and_install(kind, steps, work, registry, train_seeds, eval_seeds,
-                          QUICK[kind] if args.quick else [], cache)
+                          QUICK[kind] if args.quick else [], cache, version)
     for mid in (CLASSIFIER_ID, SEGMENTER_ID):
-        meta = installed(registry, mid)
+        meta = installed(registry, mid, version)
         if meta is not None:
             print_metrics(meta)
     steps.start("phantom", f"making a fresh phantom (covid, seed {ANALYSIS_SEED}) to analyse")
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = work / f"analysis-{ANALYSIS_SEED}"
     rc = covidct(["analyze", str(files["image"]), "--output-dir", str(out), "--force", "--segment", "always",
-                  "--reference", str(files["truth"]), "--models-dir", str(registry.root), "--progress", "plain"])
+                  "--reference", str(files["truth"]), "--models-dir", str(registry.root), "--progress", "plain",
+                  "--classifier", f"{CLASSIFIER_ID}@{version}", "--segmenter", f"{SEGMENTER_ID}@{version}"])
     steps.finish()
     timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1), "trained": todo,
                "threads": torch.get_num_threads()}
