@@ -78,6 +78,11 @@ def test_error_inside_leaves_nothing(tmp_path):
         raise RuntimeError("boom")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+    deep = tmp_path / "a" / "b" / "out"
+    with pytest.raises(KeyboardInterrupt), atomic_output_dir(deep) as tmp:
+        (tmp / "labelmap.nii.gz").write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == [], "folders created for the output are removed again"
 
 
 def test_refuses_overwrite_without_force_and_keeps_old(tmp_path):

@@ -73,12 +73,16 @@ def atomic_output_dir(output_dir: str | Path, force: bool = False) -> Iterator[P
     ...     (tmp / "report.json").write_text("{}")
     """
     out = check_output_dir(output_dir, force)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on error
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     try:
         if not out.exists():
