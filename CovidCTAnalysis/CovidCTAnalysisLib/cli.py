@@ -36,8 +36,8 @@ def _add_analyze_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (auto: CUDA when present)")
     p.add_argument("--reference", metavar="FILE", help="reference segmentation for Dice and HD95")
     p.add_argument("--reference-labels", metavar="MAP", help=REFERENCE_LABELS_HELP)
-    p.add_argument("--classifier", metavar="ID[@VER]", help="installed classifier to use (default: the only/newest)")
-    p.add_argument("--segmenter", metavar="ID[@VER]", help="installed segmenter to use")
+    p.add_argument("--classifier", metavar="ID[@VER]", help="installed classifier (default: the only one, else the newest non-demo, else the newest demo)")
+    p.add_argument("--segmenter", metavar="ID[@VER]", help="installed segmenter (same default rule as --classifier)")
     p.add_argument("--models-dir", metavar="DIR", help="model registry folder (default: $COVIDCT_MODELS_DIR)")
     p.add_argument("--series-uid", metavar="UID", help="series to analyse in a DICOM folder holding several")
     p.add_argument("--dicom-seg", choices=DICOM_SEG_CHOICES, default="auto",
