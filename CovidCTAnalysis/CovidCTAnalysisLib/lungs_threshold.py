@@ -234,7 +234,12 @@ def compare_lungs(model_labels: sitk.Image, threshold_lungs: sitk.Image) -> dict
     """
     thr = sitk.GetArrayFromImage(threshold_lungs)
     model = sitk.GetArrayFromImage(labels_to_grid(model_labels, threshold_lungs))
-    centres = ndi.center_of_mass(np.ones(thr.shape, dtype=np.uint8), thr, (LEFT_LUNG, RIGHT_LUNG))
+    # Lung centres only place the midline, so a strided view (~2 M voxels) is plenty; the full
+    # 78 M-voxel volume made this the slowest step of a 512x512x300 analysis.
+    step = max(1, int(round(np.cbrt(thr.size / 2e6))))
+    sub = thr[::step, ::step, ::step]
+    centres = [tuple(step * np.asarray(c)) for c in
+               ndi.center_of_mass(np.ones(sub.shape, dtype=np.uint8), sub, (LEFT_LUNG, RIGHT_LUNG))]
     found = [c for c in centres if np.all(np.isfinite(c))]
     midline_x = float(np.mean([_physical_x(threshold_lungs, c) for c in found])) if found else 0.0
     thr = _lesions_to_sides(thr, threshold_lungs, midline_x)
