@@ -37,6 +37,7 @@ from .phantom_cache import KIND_TO_CLASS, phantom_set
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CLASS_FOLDERS = "Normal=NORMAL2_CT,Pneumonia=PNEUMONIA2_CT,COVID-19=COVID2_CT"
 DEFAULT_CTMD_FOLDERS = "Normal=Normal subjects,Pneumonia=CAP subjects,COVID-19=COVID-19 subjects"
+LESION_SLICE_FRACTION = 0.03  # phantoms: lesion share of a slice's lung for a "lesion slice"
 DEFAULT_PATIENT_REGEX = r"^(.*?)[ _\-.]*\(?\d+\)?$"
 _ALIASES = {"normal": "Normal", "pneumonia": "Pneumonia", "cap": "Pneumonia", "community-acquired pneumonia": "Pneumonia",
             "covid-19": "COVID-19", "covid19": "COVID-19", "covid": "COVID-19", "ncp": "COVID-19", "cp": "Pneumonia"}
@@ -202,7 +203,11 @@ def phantom_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spacing: 
     cases = []
     for pf in phantom_set(kinds, seeds, cache_dir, spacing=spacing, log=log):
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pf.truth)))
-        lesion = (truth == 3).reshape(truth.shape[0], -1).any(axis=1).astype(np.uint8)
+        truth = truth.reshape(truth.shape[0], -1)  # (z, y*x)
+        # A lesion slice is one where lesion covers at least LESION_SLICE_FRACTION of the lung, so that a
+        # slice grazing a lesion's tip does not teach "disease" from a few voxels.
+        lesion = (truth == 3).sum(axis=1) >= LESION_SLICE_FRACTION * np.maximum((truth > 0).sum(axis=1), 1)
+        lesion = (lesion & (truth == 3).any(axis=1)).astype(np.uint8)
         cases.append(ClassifierCase(patient_id=pf.case_id, class_index=class_index(KIND_TO_CLASS[pf.kind]),
                                     source="phantom", image=pf.image, slice_labels=lesion, truth=pf.truth,
                                     group=f"phantom-seed-{pf.seed}"))

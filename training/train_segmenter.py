@@ -130,7 +130,7 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.
         rgb = ct.copy()
         m = lab > 0
         rgb[:, m] = 0.5 * rgb[:, m] + 0.5 * colours[np.clip(lab[m], 0, 3)].T
-        panels.append(rgb[:, ::-1, :])  # anterior at the top, as radiologists view
+        panels.append(rgb)  # row 0 is anterior (LPS +y is posterior): anterior at the top
     return np.concatenate(panels, axis=2).astype(np.float32)
 
 
