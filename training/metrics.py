@@ -7,6 +7,7 @@ case, summarised as mean ± std as in Ma et al.'s benchmark tables (MeanDice±St
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,7 +96,9 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int], spacin
         if p.any() and t.any():
             pt = torch.as_tensor(p[None, None])
             tt = torch.as_tensor(t[None, None])
-            hd = float(compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing_zyx))[0, 0])
+            with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+                warnings.simplefilter("ignore", FutureWarning)
+                hd = float(compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing_zyx))[0, 0])
         out[int(lab)] = {"dice": dice, "hd95_mm": hd, "truth_voxels": int(t.sum())}
     return out
 
