@@ -134,3 +134,21 @@ def test_bad_arguments_are_refused_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit, match="level,width"):
         train_classifier.main(["--dataset", "nifti-csv", "--csv", "x.csv", "--windows=a,b",
                                "--output-dir", str(tmp_path / "o")])
+
+
+def test_pretrained_file_is_checked_and_loaded(tmp_path):
+    from CovidCTAnalysisLib.errors import ModelError
+    from CovidCTAnalysisLib.networks import build_classifier, sha256_file
+    from torchvision.models import resnet50
+
+    from training.train_classifier import zero_init_residual
+
+    imagenet = resnet50(weights=None)
+    torch.save(imagenet.state_dict(), tmp_path / "r50.pth")
+    sha = sha256_file(tmp_path / "r50.pth")
+    model = build_classifier(3, tmp_path / "r50.pth", sha)
+    assert torch.equal(model.conv1.weight, imagenet.conv1.weight) and model.fc.out_features == 3
+    with pytest.raises(ModelError, match="sha256"):
+        build_classifier(3, tmp_path / "r50.pth", "0" * 64)
+    zero_init_residual(model)
+    assert float(model.layer1[0].bn3.weight.abs().sum()) == 0.0
