@@ -10,7 +10,7 @@
 
 Work files go to ``$COVIDCT_DEMO_DIR`` (default ``<repo>/.demo``). Every step prints a
 progress line with the elapsed time; the step timings are written to
-``<demo dir>/timings.json``. The models say "DEMO, trained on synthetic phantoms" in their
+``<demo dir>/timings.json`` (and appended to ``timings-history.jsonl``). The models say "DEMO, trained on synthetic phantoms" in their
 metadata (``demo: true``), so every result made with them says so.
 Research use, not for diagnosis.
 """
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1), "trained": todo,
                "threads": torch.get_num_threads()}
     write_json(work / "timings.json", timings)
+    with open(work / "timings-history.jsonl", "a") as f:  # every run, so a later quick run keeps the first
+        f.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **timings}) + "\n")
     if rc == 0:
         print(f"==> analysis of the fresh phantom written to {out} (report.json, segmentation.seg.nrrd, preview.png)",
               flush=True)
