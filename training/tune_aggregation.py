@@ -1,0 +1,102 @@
+"""Choose a classifier model's slice-aggregation rule on its own validation patients.
+
+    python -m training.tune_aggregation --model-dir out/model --dataset phantoms --phantom-seeds 0-11
+
+How slice probabilities become one patient's answer (``classify.aggregate``: ``mean``, or
+``top_fraction_mean`` with a fraction) matters as much as the slices: a COVID-19 patient whose
+ground-glass opacities touch a tenth of the lung slices looks Normal by the mean. This script
+classifies the model's recorded *validation* patients (``training_data.split.val``, never the
+test patients) exactly as inference does (``classify.classify``), scores every candidate rule by
+patient accuracy (ties: higher mean probability of the true class), writes the winner into the
+folder's ``metadata.json`` (``preprocessing.aggregation``) and records every candidate's score
+under ``training_data.aggregation_tuning``. Run it before ``training.evaluate``.
+Research use, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from CovidCTAnalysisLib.model_folder import check_model_folder, load_model_folder
+from CovidCTAnalysisLib.model_metadata import METADATA_FILE
+
+from .common import resolve_device, write_json
+
+FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+def candidates() -> list[dict]:
+    return [{"rule": "mean"}] + [{"rule": "top_fraction_mean", "fraction": f} for f in FRACTIONS]
+
+
+def score(slice_probs: list[np.ndarray], truth: list[int], class_names: list[str]) -> list[dict]:
+    """Patient accuracy and mean true-class probability of every candidate rule."""
+    from CovidCTAnalysisLib.classify import aggregate
+
+    rows = []
+    for agg in candidates():
+        p = np.array([aggregate(sp, class_names, agg) for sp in slice_probs])
+        y = np.asarray(truth)
+        rows.append({"aggregation": agg, "accuracy": float((p.argmax(axis=1) == y).mean()),
+                     "true_class_probability": float(p[np.arange(len(y)), y].mean()), "n": len(y)})
+    return rows
+
+
+def best(rows: list[dict]) -> dict:
+    """Highest accuracy, then highest true-class probability; the first listed (simplest) wins exact ties."""
+    return max(rows, key=lambda r: (r["accuracy"], round(r["true_class_probability"], 6)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .evaluate import build_parser, load_eval_cases
+
+    p = build_parser()
+    p.prog, p.description = "python -m training.tune_aggregation", __doc__.split("\n")[0]
+    args = p.parse_args(argv)
+    args.held_out = True  # only the validation patients: the test patients never choose anything
+    t0 = time.monotonic()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model_dir = Path(args.model_dir)
+    check_model_folder(model_dir)
+    raw = json.loads((model_dir / METADATA_FILE).read_text())
+    if raw["task"] != "classification":
+        raise SystemExit(f"{model_dir} is a {raw['task']} model; aggregation tuning is for classifiers")
+    from CovidCTAnalysisLib.classify import classify
+    from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
+
+    from . import classifier_data as cdata
+
+    device = resolve_device(args.device)
+    model = load_model_folder(model_dir, device)
+    names = [str(c) for c in model.metadata.labels]
+    cases, _ = load_eval_cases(args, raw, t0)
+    probs, truth = [], []
+    for i, case in enumerate(cases):
+        if not case.is_volume:
+            raise SystemExit("aggregation tuning needs volume cases (slices of one patient)")
+        image = cdata.read_volume(case.image)
+        probs.append(classify(image, lung_extent(segment_lungs(image)), model, device).slice_probabilities)
+        truth.append(case.class_index)
+        print(f"[tune_aggregation] {time.monotonic() - t0:6.1f}s | {i + 1}/{len(cases)} {case.patient_id}", flush=True)
+    rows = score(probs, truth, names)
+    win = best(rows)
+    for r in rows:
+        print(f"[tune_aggregation] {json.dumps(r['aggregation'])}: validation patient accuracy {r['accuracy']:.3f}, "
+              f"true-class probability {r['true_class_probability']:.3f}{'  <- chosen' if r is win else ''}", flush=True)
+    raw["preprocessing"]["aggregation"] = win["aggregation"]
+    raw.setdefault("training_data", {})["aggregation_tuning"] = {
+        "chosen": win["aggregation"], "on": "the model's validation patients (training_data.split.val)",
+        "candidates": rows, "measured_by": "training/tune_aggregation.py"}
+    write_json(model_dir / METADATA_FILE, raw)
+    check_model_folder(model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
