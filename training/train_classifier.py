@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--momentum", type=float, default=0.9, help="SGD only")
     t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--balance-classes", action="store_true",
+                   help="draw training slices with equal probability per class (COVID-19 patients give only their "
+                        "few lesion slices, so that class would otherwise be the rarest)")
     t.add_argument("--augment-strength", type=float, default=1.0, help="0 disables augmentation")
     t.add_argument("--pretrained", help="local ImageNet ResNet-50 state_dict (.pth/.safetensors); never downloaded")
     t.add_argument("--pretrained-sha256", help="refuse --pretrained unless it has this sha256")
@@ -203,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed) \
         if ctx.distributed else None
     gen = torch.Generator().manual_seed(args.seed)
+    if args.balance_classes and sampler is None:
+        counts = torch.bincount(train_ds.y, minlength=len(CLASS_NAMES)).clamp(min=1).double()
+        sampler = torch.utils.data.WeightedRandomSampler(1.0 / counts[train_ds.y], len(train_ds), replacement=True,
+                                                         generator=gen)
+    elif args.balance_classes:
+        ctx.log("data", "--balance-classes is not applied with distributed training (DistributedSampler)")
     train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=args.num_workers, generator=gen, drop_last=len(train_ds) > args.batch_size)
     val_dl = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     tb = TensorBoardLog(ctx)
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(start_epoch, args.epochs):
-        if sampler is not None:
+        if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         model.train()
         total, n = 0.0, 0
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
                          "lr": args.lr, "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "schedule": "cosine", "seed": args.seed,
-                         "augmentation_strength": args.augment_strength, "world_size": ctx.world_size,
+                         "augmentation_strength": args.augment_strength, "balance_classes": args.balance_classes, "world_size": ctx.world_size,
                          "device": str(ctx.device), "lung_mask": args.lung_mask,
                          "slices": {"train": len(train_ds), "val": len(val_ds)},
                          "pretrained": ({"path": args.pretrained, "sha256": sha256_file(args.pretrained)}

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="default: 5e-4 for 2 labels, 1e-4 for 4 labels (paper)")
     t.add_argument("--momentum", type=float, default=0.95)
     t.add_argument("--weight-decay", type=float, default=1e-5)
+    t.add_argument("--lesion-crop-ratio", type=float, default=0.0,
+                   help="> 0: centre patches by class with ratios background:left:right:lesion = 1:1:1:this "
+                        "(RandCropByLabelClassesd), so that the small lesion class is seen more often; "
+                        "0: the core's RandCropByPosNegLabeld pos=1 neg=1")
+    t.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine: anneal the learning rate to 0 over --epochs (per epoch)")
     t.add_argument("--val-every", type=int, default=1)
     t.add_argument("--train-fraction", type=float, default=DEFAULT_TRAIN_FRACTION)
     t.add_argument("--seed", type=int, default=0)
@@ -132,6 +138,23 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.
         rgb[:, m] = 0.5 * rgb[:, m] + 0.5 * colours[np.clip(lab[m], 0, 3)].T
         panels.append(rgb)  # row 0 is anterior (LPS +y is posterior): anterior at the top
     return np.concatenate(panels, axis=2).astype(np.float32)
+
+
+def class_weighted_crops(train_tf, prep: dict, n_labels: int, num_samples: int, lesion_ratio: float):
+    """The core's training transforms with its foreground/background patch sampling replaced by
+    per-class sampling: lesions fill well under 1 % of a chest, so with pos/neg sampling almost every
+    "foreground" centre lies in a lung and the lesion class is learnt slowly. The last label is the lesion
+    (4 labels: 1:1:1:ratio; lesion-only model: 1:ratio). Classes absent from a case are skipped."""
+    from monai.transforms import Compose, RandCropByLabelClassesd, RandCropByPosNegLabeld
+
+    ratios = [1.0] * (n_labels - 1) + [float(lesion_ratio)]
+    crop = RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=roi_size_zyx(prep),
+                                   ratios=ratios, num_classes=n_labels, num_samples=num_samples,
+                                   image_key="image", image_threshold=0.0, warn=False)
+    ops = [crop if isinstance(t, RandCropByPosNegLabeld) else t for t in train_tf.transforms]
+    if not any(t is crop for t in ops):
+        raise RuntimeError("the core's segmenter training transforms no longer use RandCropByPosNegLabeld")
+    return Compose(ops)
 
 
 @torch.no_grad()
@@ -188,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     # Mirroring swaps labels 1/2 (left/right lung); a lesion-only model has no sides to swap.
     train_tf = get_segmenter_transforms("train", prep, num_samples=args.num_samples,
                                         lr_flip_prob=0.5 if n_labels == 4 else 0.0)
+    if args.lesion_crop_ratio > 0:
+        train_tf = class_weighted_crops(train_tf, prep, n_labels, args.num_samples, args.lesion_crop_ratio)
     train_ds = CacheDataset([prepared[c] for c in split.train], transform=train_tf, cache_rate=1.0,
                             num_workers=0, progress=False)
     sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed) \
@@ -201,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
     model = wrap_ddp(build_segmenter(**arch_kwargs), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1)) \
+        if args.lr_schedule == "cosine" else None
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -209,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         state = load_checkpoint(out / CHECKPOINT_LAST, model, opt, ctx.device)
         start, best, history = state["epoch"] + 1, state["best_metric"], state["extra"].get("history", [])
+        for _ in range(start if sched is not None else 0):
+            sched.step()
         ctx.log("resume", f"from epoch {state['epoch']} (best {best})")
     tb = TensorBoardLog(ctx)
     step = sum(h.get("iterations", 0) for h in history)
@@ -230,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             step += 1
             tb.scalar("loss/train_iteration", loss.item(), step)
         train_loss = all_reduce_mean(total / max(n, 1), ctx)
-        entry = {"epoch": epoch, "train_loss": train_loss, "iterations": n, "lr": lr}
+        entry = {"epoch": epoch, "train_loss": train_loss, "iterations": n, "lr": opt.param_groups[0]["lr"]}
+        if sched is not None:
+            sched.step()
         dice, is_best = None, False
         if ctx.is_main and val_data and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             dice, overlay = validate(unwrap(model), val_data, prep, n_labels, ctx.device)
@@ -272,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                          "optimizer": args.optimizer, "lr": lr,
                          "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax)",
-                         "sampling": "RandCropByPosNegLabeld pos=1 neg=1", "seed": args.seed,
+                         "lr_schedule": args.lr_schedule,
+                         "sampling": (f"RandCropByLabelClassesd ratios 1:1:1:{args.lesion_crop_ratio:g}"
+                                      if args.lesion_crop_ratio > 0 and n_labels == 4
+                                      else f"RandCropByLabelClassesd ratios 1:{args.lesion_crop_ratio:g}"
+                                      if args.lesion_crop_ratio > 0 else "RandCropByPosNegLabeld pos=1 neg=1"),
+                         "seed": args.seed,
                          "world_size": ctx.world_size, "device": str(ctx.device), "sides": args.sides},
             "history": history,
             "best_val_metric": {"name": "val_mean_dice", "value": best},
