@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--balance-classes", action="store_true",
                    help="draw training slices with equal probability per class (COVID-19 patients give only their "
                         "few lesion slices, so that class would otherwise be the rarest)")
+    t.add_argument("--samples-per-epoch", type=int, default=None,
+                   help="with --balance-classes: slices drawn per epoch (default: all training slices)")
     t.add_argument("--augment-strength", type=float, default=1.0, help="0 disables augmentation")
     t.add_argument("--pretrained", help="local ImageNet ResNet-50 state_dict (.pth/.safetensors); never downloaded")
     t.add_argument("--pretrained-sha256", help="refuse --pretrained unless it has this sha256")
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     if args.balance_classes and sampler is None:
         counts = torch.bincount(train_ds.y, minlength=len(CLASS_NAMES)).clamp(min=1).double()
-        sampler = torch.utils.data.WeightedRandomSampler(1.0 / counts[train_ds.y], len(train_ds), replacement=True,
+        sampler = torch.utils.data.WeightedRandomSampler(1.0 / counts[train_ds.y], args.samples_per_epoch or len(train_ds),
+                                                         replacement=True,
                                                          generator=gen)
     elif args.balance_classes:
         ctx.log("data", "--balance-classes is not applied with distributed training (DistributedSampler)")
