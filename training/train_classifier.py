@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     if args.balance_classes and sampler is None:
         counts = torch.bincount(train_ds.y, minlength=len(CLASS_NAMES)).clamp(min=1).double()
-        sampler = torch.utils.data.WeightedRandomSampler(1.0 / counts[train_ds.y], args.samples_per_epoch or len(train_ds),
-                                                         replacement=True,
-                                                         generator=gen)
+        sampler = torch.utils.data.WeightedRandomSampler(1.0 / counts[train_ds.y],
+                                                         args.samples_per_epoch or len(train_ds),
+                                                         replacement=True, generator=gen)
     elif args.balance_classes:
         ctx.log("data", "--balance-classes is not applied with distributed training (DistributedSampler)")
     train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
