@@ -32,12 +32,7 @@ class StandInDicomDatabase:
         return self._files.get(uid, "")
 
 
-def newScene():
-    scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    scene._covidctSegmentationsLogic = logic
-    return scene
+from slicer_scene import newScene  # noqa: E402
 
 
 @pytest.fixture(scope="module")

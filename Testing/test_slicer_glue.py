@@ -25,15 +25,7 @@ from CovidCTAnalysisLib import constants  # noqa: E402
 from CovidCTAnalysisLib.outputs import write_seg_nrrd  # noqa: E402
 from CovidCTAnalysisLib.statistics import compare_to_reference  # noqa: E402
 from CovidCTAnalysisSlicer import results, segmentations, tables, volumes  # noqa: E402
-
-
-def newScene():
-    """A scene set up as the Slicer application sets it up for segmentations (converter rules registered)."""
-    scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    scene._covidctSegmentationsLogic = logic  # keep the logic alive as long as the scene
-    return scene
+from slicer_scene import newScene  # noqa: E402
 
 
 @pytest.fixture()

@@ -26,14 +26,7 @@ from CovidCTAnalysisSlicer import segmentations, selftest, tables, volumes  # no
 from CovidCTAnalysisSlicer.models import listModelChoices  # noqa: E402
 from CovidCTAnalysisSlicer.process import AnalyzeOptions  # noqa: E402
 from CovidCTAnalysisSlicer.run import AnalysisRun  # noqa: E402
-
-
-def newScene():
-    scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    scene._covidctSegmentationsLogic = logic
-    return scene
+from slicer_scene import newScene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
