@@ -65,19 +65,32 @@ def test_small_stray_pieces_removed_and_islands_relabelled():
     assert np.array_equal(out, labelled(2, 1))
 
 
-def test_lesions_outside_dilated_lungs_removed():
-    arr = labelled(2, 1)
-    arr[8:12, 14:20, 10:20] = 3  # inside the right lung, 9 mm thick: inside however far from aerated lung
-    arr[8:12, 14:20, 25:30] = 3  # grows out of the lung edge (x 24) towards the mediastinum: 1.5 ... 7.5 mm
+def test_lesion_pieces_apart_from_the_lungs_removed_and_consolidation_kept_whole():
+    arr = labelled(2, 1)  # lungs at array x 5:25 and 35:57, y 8:32 (1.5 mm voxels in plane)
+    arr[8:12, 14:20, 10:20] = 3  # inside the right lung
+    arr[5:15, 28:40, 8:20] = 3  # consolidation from the lung's edge out to 12 mm beyond it: one piece
+    arr[3:17, 8:32, 28:32] = 3  # a separate piece between the lungs, 6 mm from each (large: no stray speck)
     arr[17:20, 36:40, 0:4] = 3  # a corner far from both lungs
-    out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr), lesion_margin_mm=4.0))
+    out, notes = postprocess_with_notes(as_image(arr), lesion_margin_mm=4.0)
+    out = sitk.GetArrayFromImage(out)
     assert (out[8:12, 14:20, 10:20] == 3).all()
-    assert (out[8:12, 14:20, 25:27] == 3).all()  # <= 3 mm from the lung
-    assert not out[8:12, 14:20, 27:30].any()  # >= 4.5 mm
+    assert (out[5:15, 28:40, 8:20] == 3).all()  # kept whole, also the voxels 12 mm from the lung
+    assert not out[3:17, 8:32, 28:32].any()  # apart from the lungs by more than the margin
     assert not (out[17:20, 36:40, 0:4] == 3).any()
+    assert any("in 1 piece(s) farther than 4 mm" in n for n in notes), notes
     wide = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr), lesion_margin_mm=10.0))
-    assert (wide[8:12, 14:20, 25:30] == 3).all()  # the margin is what decides
+    assert (wide[3:17, 8:32, 28:32] == 3).all()  # the margin is what decides
+    assert not (wide[17:20, 36:40, 0:4] == 3).any()
     assert np.array_equal(out == 1, labelled(2, 1) == 1)
+
+
+def test_phantom_truth_passes_unchanged_including_a_lobar_consolidation():
+    from CovidCTAnalysisLib.phantom import make_phantom
+
+    truth = make_phantom("pneumonia", 100).truth  # lobar consolidation reaching ~ 45 mm from aerated lung
+    before = sitk.GetArrayFromImage(truth) == 3
+    after = sitk.GetArrayFromImage(postprocess_labelmap(truth)) == 3
+    assert before.sum() > 0 and np.array_equal(before, after)
 
 
 def test_lesions_kept_when_not_restricted_and_bad_values_refused():
