@@ -9,8 +9,8 @@
 4. Map back to the input grid: the class probabilities are interpolated (trilinear)
    onto the crop and the argmax taken slab by slab (``probabilities_to_labels``), so
    no full-resolution probability maps are held at once.
-5. ``postprocess`` (largest components, left/right by patient coordinates, lesions
-   inside the dilated lungs), then paste the crop into a labelmap of the input grid.
+5. ``postprocess`` (largest components, left/right by patient coordinates, lesion pieces
+   that reach the lungs), then paste the crop into a labelmap of the input grid.
 """
 
 from __future__ import annotations
