@@ -27,10 +27,11 @@ from CovidCTAnalysisLib.transforms import classifier_settings, classifier_train_
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import classifier_data as cdata
-from .classifier_slices import SliceDataset, case_slices
+from .classifier_slices import NORMAL, SliceDataset, case_slices
 from .common import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
+    Precision,
     TensorBoardLog,
     all_reduce_mean,
     barrier,
@@ -64,7 +65,13 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", help="phantom cache (default <output-dir>/cache)")
     g.add_argument("--lung-mask", default="threshold", choices=["threshold", "truth"],
                    help="lung box for cropping: the core's threshold method (as at inference) or phantom truth")
-    g.add_argument("--max-slices-per-case", type=int, default=None)
+    g.add_argument("--max-slices-per-case", type=int, default=None,
+                   help="at most this many slices of a patient's own class per patient (and half as many clear ones)")
+    g.add_argument("--clear-slices", default="normal", choices=["normal", "skip"],
+                   help="infection-free slices of Pneumonia/COVID-19 patients with slice labels: train them as "
+                        "Normal (default) or leave them out (see training/classifier_slices.py)")
+    g.add_argument("--normal-heights", default="matched", choices=["matched", "spread"],
+                   help="Normal patients' slices: at the heights of the disease slices (default), or evenly spread")
 
 
 def load_cases(args, log=None) -> tuple[list[cdata.ClassifierCase], dict]:
@@ -141,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--samples-per-epoch", type=int, default=None,
                    help="with --balance-classes: slices drawn per epoch (default: all training slices)")
     t.add_argument("--augment-strength", type=float, default=1.0, help="0 disables augmentation")
+    t.add_argument("--precision", default="fp32", choices=Precision.CHOICES, help=Precision.HELP)
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--pretrained", help="local ImageNet ResNet-50 state_dict (.pth/.safetensors); never downloaded")
     t.add_argument("--pretrained-sha256", help="refuse --pretrained unless it has this sha256")
     t.add_argument("--train-fraction", type=float, default=DEFAULT_TRAIN_FRACTION)
@@ -195,10 +204,19 @@ def main(argv: list[str] | None = None) -> int:
                         args.train_fraction, args.seed)
     ctx.log("data", f"{len(cases)} patients: {len(split.train)} train / {len(split.val)} validation (by patient)")
     by_id = {c.patient_id: c for c in cases}
-    slices = {}
-    for i, pid in enumerate(split.train + split.val):
-        slices[pid] = case_slices(by_id[pid], prep, args.lung_mask, args.max_slices_per_case)
-        ctx.log("data", f"slices {i + 1}/{len(cases)}: {pid} -> {len(slices[pid].x)}")
+    slices, normal_heights = {}, []
+    # Disease patients first: Normal patients then give slices at the heights of the disease slices
+    # (--normal-heights matched; see classifier_slices), so slice height cannot tell the classes apart.
+    order = sorted(split.train + split.val, key=lambda pid: by_id[pid].class_index == NORMAL)
+    for i, pid in enumerate(order):
+        case = by_id[pid]
+        heights = normal_heights if case.class_index == NORMAL and args.normal_heights == "matched" else None
+        slices[pid] = case_slices(case, prep, args.lung_mask, args.max_slices_per_case, args.clear_slices, heights)
+        if case.class_index != NORMAL:
+            normal_heights += [h for h, y in zip(slices[pid].heights, slices[pid].y, strict=False) if y != NORMAL]
+        per_class = np.bincount(slices[pid].y, minlength=len(CLASS_NAMES)).tolist()
+        ctx.log("data", f"slices {i + 1}/{len(cases)}: {pid} -> {len(slices[pid].x)} "
+                        f"({', '.join(f'{n} {c}' for c, n in zip(CLASS_NAMES, per_class, strict=True) if n)})")
     train_ds = SliceDataset([slices[p] for p in split.train], prep,
                             classifier_train_transforms(prep, strength=args.augment_strength))
     val_ds = SliceDataset([slices[p] for p in split.val], prep)
@@ -222,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_classifier(len(CLASS_NAMES), args.pretrained, args.pretrained_sha256)
     if not args.pretrained:
         zero_init_residual(model)
-    model = wrap_ddp(model, ctx)
+    precision = Precision(args.precision, ctx.device, spatial_dims=2)
+    model = wrap_ddp(precision.model(model), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))
     out = ctx.output_dir
@@ -244,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for step, (x, y) in enumerate(train_dl):
             x, y = x.to(ctx.device), y.to(ctx.device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(precision.forward(model, x), y)
             loss.backward()
             opt.step()
             total += loss.item() * len(y)
@@ -253,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.log("train", f"epoch {epoch + 1}/{args.epochs} batch {step + 1}/{len(train_dl)} loss {loss.item():.3f}")
         sched.step()
         train_loss = all_reduce_mean(total / max(n, 1), ctx)
+        if (epoch + 1) % max(args.val_every, 1) and epoch + 1 < args.epochs:
+            history.append({"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]})
+            tb.scalar("loss/train", train_loss, epoch)
+            if ctx.is_main:
+                save_checkpoint(out / CHECKPOINT_LAST, model, opt, epoch, float("nan"), best, {"history": history})
+            ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}")
+            barrier(ctx)
+            continue
         probs, ys = predict(unwrap(model), val_dl, ctx.device)
         m = classification_metrics(ys, probs, CLASS_NAMES) if len(ys) else {"accuracy": None}
         acc = m["accuracy"] if m["accuracy"] is not None else -train_loss  # no validation slices: use the loss
@@ -288,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
             "training": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
                          "lr": args.lr, "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "schedule": "cosine", "seed": args.seed,
+                         "precision": args.precision, "val_every": args.val_every,
                          "augmentation_strength": args.augment_strength, "balance_classes": args.balance_classes, "world_size": ctx.world_size,
                          "device": str(ctx.device), "lung_mask": args.lung_mask,
-                         "slices": {"train": len(train_ds), "val": len(val_ds)},
+                         "slices": {"train": len(train_ds), "val": len(val_ds),
+                                    "train_per_class": dict(zip(CLASS_NAMES, torch.bincount(
+                                        train_ds.y, minlength=len(CLASS_NAMES)).tolist(), strict=True))},
+                         "clear_slices": args.clear_slices, "normal_heights": args.normal_heights,
                          "pretrained": ({"path": args.pretrained, "sha256": sha256_file(args.pretrained)}
                                         if args.pretrained else None)},
             "history": history,

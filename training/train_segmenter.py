@@ -28,6 +28,7 @@ from . import segmenter_data as sdata
 from .common import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
+    Precision,
     TensorBoardLog,
     all_reduce_mean,
     barrier,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="> 0: centre patches by class with ratios background:left:right:lesion = 1:1:1:this "
                         "(RandCropByLabelClassesd), so that the small lesion class is seen more often; "
                         "0: the core's RandCropByPosNegLabeld pos=1 neg=1")
+    t.add_argument("--precision", default="fp32", choices=Precision.CHOICES, help=Precision.HELP)
     t.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                    help="cosine: anneal the learning rate to 0 over --epochs (per epoch)")
     t.add_argument("--val-every", type=int, default=1)
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     arch_kwargs = {"n_labels": n_labels, "channels": [int(v) for v in args.channels.split(",")],
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
-    model = wrap_ddp(build_segmenter(**arch_kwargs), ctx)
+    precision = Precision(args.precision, ctx.device, spatial_dims=3)
+    model = wrap_ddp(precision.model(build_segmenter(**arch_kwargs)), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1)) \
         if args.lr_schedule == "cosine" else None
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             x, y = batch["image"].to(ctx.device), batch["label"].to(ctx.device).long()
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(precision.forward(model, x), y)
             loss.backward()
             opt.step()
             total += loss.item()
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                          "optimizer": args.optimizer, "lr": lr,
                          "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax)",
-                         "lr_schedule": args.lr_schedule,
+                         "lr_schedule": args.lr_schedule, "precision": args.precision,
                          "sampling": (f"RandCropByLabelClassesd ratios 1:1:1:{args.lesion_crop_ratio:g}"
                                       if args.lesion_crop_ratio > 0 and n_labels == 4
                                       else f"RandCropByLabelClassesd ratios 1:{args.lesion_crop_ratio:g}"
