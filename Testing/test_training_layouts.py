@@ -151,7 +151,10 @@ def test_covid_ct_md_layout_dicom_index_and_slice_labels(phantoms, registry_root
     cov = next(c for c in cases if c.patient_id == "cov001")
     picked = volume_slices(cov, {"input_size": 32})
     truth = sitk.GetArrayFromImage(phantoms[("covid", 1)].truth)
-    assert picked.z and all((truth[z] == 3).any() for z in picked.z)  # only lesion slices, order undone
+    # lesion slices train COVID-19 and the clear ones Normal: the superior-first order is undone
+    assert {2, 0} <= set(picked.y) <= {2, 0}
+    assert all((truth[z] == 3).any() == (y == 2) for z, y in zip(picked.z, picked.y, strict=True))
+    assert set(volume_slices(cov, {"input_size": 32}, clear_slices="skip").y) == {2}
     run = tmp_path / "run"
     assert train_classifier.main(["--dataset", "covid-ct-md", "--data-root", str(root), "--output-dir", str(run),
                                   *CLS_ARGS]) == 0

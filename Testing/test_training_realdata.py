@@ -48,7 +48,8 @@ def test_nifti_csv_path_on_three_real_cases(ctmd, tmp_path):
     assert [c.class_index for c in cases] == [2, 1, 0]  # COVID-19, CAP -> Pneumonia, Normal
     p001 = volume_slices(cases[0], {"input_size": 32})
     positive = labels["cases"]["P001"]["slice_infection_label_by_nifti_z"]
-    assert p001.z and all(positive[z] == 1 for z in p001.z)
+    assert set(p001.y) == {0, 2}  # infection slices train COVID-19, the radiologists' clear slices Normal
+    assert all((positive[z] == 1) == (y == 2) for z, y in zip(p001.z, p001.y, strict=True))
     out = tmp_path / "run"
     assert train_classifier.main(["--dataset", "nifti-csv", "--csv", str(tmp_path / "cases.csv"),
                                   "--output-dir", str(out), *SMOKE]) == 0
@@ -80,8 +81,8 @@ def test_dicom_series_path_with_index_and_superior_first_labels(ctmd, tmp_path):
     cases = covid_ct_md_cases(data)
     assert [c.patient_id for c in cases] == ["P001"] and cases[0].labels_superior_first
     picked = volume_slices(cases[0], {"input_size": 32})
-    assert picked.z and all(by_z[z] == 1 for z in picked.z)
+    assert set(picked.y) == {0, 2} and all((by_z[z] == 1) == (y == 2) for z, y in zip(picked.z, picked.y, strict=True))
     out = tmp_path / "run"
     assert train_classifier.main(["--dataset", "covid-ct-md", "--data-root", str(data), "--output-dir", str(out),
                                   *SMOKE]) == 0
-    assert json.loads((out / "run.json").read_text())["training"]["slices"]["train"] == 3
+    assert json.loads((out / "run.json").read_text())["training"]["slices"]["train"] == 5  # 3 infection + 2 clear slices

@@ -152,3 +152,58 @@ def test_pretrained_file_is_checked_and_loaded(tmp_path):
         build_classifier(3, tmp_path / "r50.pth", "0" * 64)
     zero_init_residual(model)
     assert float(model.layer1[0].bn3.weight.abs().sum()) == 0.0
+
+
+def test_phantom_slice_labels_and_clear_slices_train_normal(tmp_path):
+    from training.classifier_data import TRACE_SLICE, phantom_cases
+    from training.classifier_slices import SliceDataset, volume_slices
+
+    case = phantom_cases(["covid"], [3], tmp_path / "cache", spacing=4.0)[0]
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.truth)))
+    lesion_voxels = (truth == 3).reshape(truth.shape[0], -1).sum(axis=1)
+    share = lesion_voxels / np.maximum((truth > 0).reshape(truth.shape[0], -1).sum(axis=1), 1)
+    labels = case.slice_labels
+    assert set(np.unique(labels)) == {0, 1, TRACE_SLICE}
+    assert (lesion_voxels[labels == 0] == 0).all() and (lesion_voxels[labels != 0] > 0).all()
+    assert share[labels == 1].min() > share[labels == TRACE_SLICE].max()  # tips: a small share of the lung
+
+    picked = volume_slices(case, {"input_size": 32}, max_slices=4)
+    assert picked.y.count(2) == 4 and picked.y.count(0) == 2  # max 4 lesion slices, half as many clear ones
+    assert all(labels[z] == (1 if y == 2 else 0) for z, y in zip(picked.z, picked.y, strict=True))  # no tips
+    assert SliceDataset([picked], {"input_size": 32}).y.tolist() == picked.y
+    skipped = volume_slices(case, {"input_size": 32}, max_slices=4, clear_slices="skip")
+    assert skipped.y == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="clear_slices='maybe'"):
+        volume_slices(case, {"input_size": 32}, clear_slices="maybe")
+
+
+@pytest.mark.parametrize("script", ["classifier", "segmenter"])
+def test_bf16_precision_trains_validates_every_n_and_exports_plain_weights(script, tmp_path):
+    import json
+
+    from CovidCTAnalysisLib.model_folder import load_model_folder
+
+    from training import train_classifier, train_segmenter
+    from training.export import export
+
+    common = ["--dataset", "phantoms", "--phantom-seeds", "0-2", "--phantom-spacing", "9", "--device", "cpu",
+              "--threads", "1", "--precision", "bf16", "--epochs", "3", "--val-every", "2",
+              "--output-dir", str(tmp_path / "run")]
+    if script == "classifier":
+        train_classifier.main([*common, "--phantom-kinds", "normal,covid", "--input-size", "32",
+                               "--max-slices-per-case", "2", "--batch-size", "2"])
+        validated = [h["epoch"] for h in json.loads((tmp_path / "run" / "run.json").read_text())["history"]
+                     if "val_slice_accuracy" in h]
+    else:
+        train_segmenter.main([*common, "--phantom-kinds", "covid", "--spacing", "9", "--roi", "16",
+                              "--batch-size", "1", "--channels", "2,4", "--strides", "2", "--num-res-units", "0"])
+        validated = [h["epoch"] for h in json.loads((tmp_path / "run" / "run.json").read_text())["history"]
+                     if "val_dice" in h]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["training"]["precision"] == "bf16"
+    assert validated == [1, 2]  # every 2nd epoch, and the last
+    state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)["model"]
+    assert all(v.is_contiguous() for v in state.values())  # trained channels-last, saved plain
+    export(tmp_path / "run", tmp_path / "folder", f"t-{script}", "0.0.1", demo=True)
+    loaded = load_model_folder(tmp_path / "folder", "cpu")
+    assert all(v.dtype != torch.bfloat16 for v in loaded.module.state_dict().values())

@@ -38,6 +38,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CLASS_FOLDERS = "Normal=NORMAL2_CT,Pneumonia=PNEUMONIA2_CT,COVID-19=COVID2_CT"
 DEFAULT_CTMD_FOLDERS = "Normal=Normal subjects,Pneumonia=CAP subjects,COVID-19=COVID-19 subjects"
 LESION_SLICE_FRACTION = 0.03  # phantoms: lesion share of a slice's lung for a "lesion slice"
+TRACE_SLICE = 2  # slice label: a trace of lesion (a lesion's tip), neither a lesion slice nor a clear one
 DEFAULT_PATIENT_REGEX = r"^(.*?)[ _\-.]*\(?\d+\)?$"
 _ALIASES = {"normal": "Normal", "pneumonia": "Pneumonia", "cap": "Pneumonia", "community-acquired pneumonia": "Pneumonia",
             "covid-19": "COVID-19", "covid19": "COVID-19", "covid": "COVID-19", "ncp": "COVID-19", "cp": "Pneumonia"}
@@ -75,7 +76,7 @@ class ClassifierCase:
     source: str
     image: Path | None = None  # volume file or DICOM series folder
     slice_files: list[Path] = field(default_factory=list)  # 2-D images (folders layout)
-    slice_labels: np.ndarray | None = None  # 0/1 per z index of the loaded image
+    slice_labels: np.ndarray | None = None  # per z index of the loaded image: 0 clear, 1 infection, TRACE_SLICE
     truth: Path | None = None  # phantom truth (labels 1/2/3)
     labels_superior_first: bool = False  # COVID-CT-MD order: re-ordered by labels_by_z once loaded
     group: str = ""  # the patient behind the case (phantoms of one seed are one patient); default patient_id
@@ -199,7 +200,7 @@ def nifti_csv_cases(csv_path: Path) -> list[ClassifierCase]:
 
 def phantom_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spacing: float | None = None,
                   log=None) -> list[ClassifierCase]:
-    """Phantoms as cases; slice labels (lesion present per z) come from the truth."""
+    """Phantoms as cases; slice labels per z come from the truth: 1 lesion slice, 0 clear, ``TRACE_SLICE``."""
     cases = []
     for pf in phantom_set(kinds, seeds, cache_dir, spacing=spacing, log=log):
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pf.truth)))
@@ -210,8 +211,9 @@ def phantom_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spacing: 
         # lesion slice and train "COVID-19" on all its lung slices, most of them normal-looking: there, the
         # slices with at least half the largest share are the lesion slices.
         share = (truth == 3).sum(axis=1) / np.maximum((truth > 0).sum(axis=1), 1)
-        lesion = share >= min(LESION_SLICE_FRACTION, 0.5 * float(share.max()))
-        lesion = (lesion & (truth == 3).any(axis=1)).astype(np.uint8)
+        any_lesion = (truth == 3).any(axis=1)
+        lesion = (share >= min(LESION_SLICE_FRACTION, 0.5 * float(share.max()))) & any_lesion
+        lesion = np.where(lesion, 1, np.where(any_lesion, TRACE_SLICE, 0)).astype(np.uint8)
         cases.append(ClassifierCase(patient_id=pf.case_id, class_index=class_index(KIND_TO_CLASS[pf.kind]),
                                     source="phantom", image=pf.image, slice_labels=lesion, truth=pf.truth,
                                     group=f"phantom-seed-{pf.seed}"))
