@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.demo import CLASSIFIER_ID, EVAL_SEEDS, SEGMENTER_ID, TRAIN_SEEDS, installed
+from training.demo import CLASSIFIER_ID, EVAL_SEEDS, SEGMENTER_ID, installed
 from training.phantom_cache import parse_seeds
 
 
@@ -36,13 +36,9 @@ def _common(meta):
     assert m["measured_by"] == "training/evaluate.py"
     eval_seeds = set(parse_seeds(m["dataset"]["seeds"]))
     assert eval_seeds == set(parse_seeds(EVAL_SEEDS))
-    assert not eval_seeds & set(parse_seeds(TRAIN_SEEDS))  # never seen in training
+    trained_on = set(parse_seeds(meta.raw["training_data"]["dataset"]["seeds"]))
+    assert trained_on and not eval_seeds & trained_on  # never seen in training
     return m
-
-
-# The targets are not reached yet by the 2-core CPU demo settings (measured: see the training report);
-# these stay visible as XFAIL, and turn into XPASS when a retrained demo meets them.
-NOT_YET = pytest.mark.xfail(reason="demo quality target not reached with the CPU demo budget", strict=False)
 
 
 def test_demo_classifier_is_labelled_and_measured(registry):
@@ -58,13 +54,11 @@ def test_demo_segmenter_is_labelled_and_measured(registry):
     assert set(per) == {"Left lung", "Right lung", "Lesion"}
 
 
-@NOT_YET
 def test_demo_classifier_accuracy(registry):
     m = _demo(registry, CLASSIFIER_ID).eval_metrics
     assert m["accuracy"] >= 0.90, m["confusion_matrix"]
 
 
-@NOT_YET
 def test_demo_segmenter_dice(registry):
     per = _demo(registry, SEGMENTER_ID).eval_metrics["per_class"]
     assert per["Left lung"]["dice_mean"] >= 0.90
