@@ -218,3 +218,22 @@ def test_broken_folders_are_reported_not_used(tmp_path, capsys):
         reg.resolve("segmentation")
     assert _cli(["models", "verify", "--models-dir", str(tmp_path / "reg")]) == ModelError.exit_code
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_models_are_listed_and_resolved_without_torch(tmp_path):
+    # The Slicer panel lists the installed models before its first Analyze has installed torch.
+    import subprocess
+    import sys
+
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.install(make_folder(tmp_path / "src"))
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        "from CovidCTAnalysisLib.model_registry import ModelRegistry\n"
+        f"reg = ModelRegistry({str(tmp_path / 'reg')!r})\n"
+        "print([m.id for m in reg.list()], reg.resolve('segmentation').version)\n"
+        "try:\n    reg.load(None, task='segmentation')\nexcept ImportError:\n    print('load needs torch')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["['seg-test'] 0.1.0", "load needs torch"]

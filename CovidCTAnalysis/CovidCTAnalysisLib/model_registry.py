@@ -14,14 +14,29 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ModelError
-from .model_folder import LoadedModel, check_model_folder, load_model_folder, replace_dir, save_model_folder
 from .model_metadata import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, read_metadata
 
+# Listing and resolving models reads metadata.json only; torch (through model_folder) is imported when a
+# model is checked, installed or loaded. So the Slicer panel can list the installed models before the
+# first Analyze has installed torch.
+if TYPE_CHECKING:
+    import torch
+
+    from .model_folder import LoadedModel, save_model_folder
+
 __all__ = ["LoadedModel", "ModelRegistry", "default_models_dir", "save_model_folder", "how_to_get_models"]
+
+
+def __getattr__(name: str):
+    """The re-exports from ``model_folder``, imported on first use (they need torch)."""
+    if name in ("LoadedModel", "save_model_folder"):
+        from . import model_folder
+
+        return getattr(model_folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 ENV_VAR = "COVIDCT_MODELS_DIR"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -90,6 +105,8 @@ class ModelRegistry:
 
     def verify(self) -> list[tuple[ModelMetadata, bool, str]]:
         """Check every installed model (metadata, weights, sha256): ``(metadata, ok, message)``."""
+        from .model_folder import check_model_folder
+
         results = []
         for meta in self.list():
             folder = self.folder(meta)
@@ -156,6 +173,8 @@ class ModelRegistry:
         if not (folder / METADATA_FILE).is_file():
             raise ModelError(how_to_get_models(meta.task, self.root,
                                                f"model {meta.id}@{meta.version} is not installed in {self.root}"))
+        from .model_folder import load_model_folder
+
         loaded = load_model_folder(folder, device=device)
         if loaded.metadata.sha256 != meta.sha256:
             raise ModelError(f"installed {meta.id}@{meta.version} has sha256 {loaded.metadata.sha256}, not the "
@@ -169,6 +188,8 @@ class ModelRegistry:
         An installed id@version with different weights is refused unless ``force``; the same
         weights again is a no-op. The copy is verified before it is renamed into place.
         """
+        from .model_folder import check_model_folder, replace_dir
+
         src = Path(path).expanduser()
         if not src.is_dir():
             raise ModelError(f"{src} is not a folder; expected a model folder with {METADATA_FILE} and {WEIGHTS_FILE}")

@@ -1,9 +1,9 @@
 """Choices shown in the panel: installed models (demo ones labelled), device and segment policy.
 
 The panel's labels map to the CLI's values here, in one place. Listing models
-needs the core's registry, which imports torch; before the first Analyze has
-installed the dependencies that import can fail, and the panel then says so
-instead of failing to load.
+reads the registry's metadata files only (no torch), so the panel lists the
+installed models before the first Analyze has installed the dependencies; should
+the core itself fail to import, the panel says so instead of failing to load.
 """
 
 from __future__ import annotations
