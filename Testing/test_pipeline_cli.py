@@ -244,3 +244,28 @@ def test_model_method_segment_never_and_bad_spec(covid_nifti, tiny_models, tmp_p
     code, _, err = _run(["analyze", str(covid_nifti), "-o", str(tmp_path / "o2"), "--models-dir", str(tiny_models),
                          "--classifier", "test-classifier@9.9", "--progress", "none"], capsys)
     assert code == 3 and "9.9" in err and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("method", ["threshold", "model"])
+def test_a_scan_showing_little_lung_is_flagged(method, tiny_models, tmp_path, capsys):
+    from CovidCTAnalysisLib.phantom import make_phantom
+
+    image = make_phantom("normal", 3, size=(96, 96, 64)).image[:, :, 0:14]  # diaphragm domes and abdomen, 62 mm
+    path = tmp_path / "bases.nii.gz"
+    sitk.WriteImage(image, str(path))
+    out = tmp_path / "out"
+    code, stdout, err = _run(["analyze", str(path), "-o", str(out), "--method", method, "--models-dir",
+                              str(tiny_models), "--segment", "always", "--device", "cpu", "--progress", "plain"], capsys)
+    assert code == 0, err
+    notes = [n for n in json.loads((out / "report.json").read_text())["input"]["notes"] if "mL of lung" in n]
+    assert len(notes) == 1 and "may not cover the chest" in notes[0], notes
+    total = float(notes[0].split(" mL")[0].split()[-1])
+    assert 0 < total < 400
+    assert "may not cover the chest" in stdout + err
+
+
+def test_a_chest_scan_is_not_flagged(covid_nifti, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(["analyze", str(covid_nifti), "-o", str(out), "--method", "threshold", "--progress", "none"],
+                capsys)[0] == 0
+    assert not any("mL of lung" in n for n in json.loads((out / "report.json").read_text())["input"]["notes"])

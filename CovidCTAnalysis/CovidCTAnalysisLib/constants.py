@@ -86,4 +86,7 @@ MAX_SPACING_MM = 20.0
 # A pair of adult lungs spans at least ~ 120 mm left-right and ~ 60 mm cranio-caudal
 # even in a cropped scan; anything smaller cannot hold lungs.
 MIN_EXTENT_MM = (120.0, 80.0, 40.0)  # (x, y, z)
+# Below this much lung (both together) a scan is flagged as perhaps not covering the chest: an adult chest CT
+# shows several litres, and even a scan cut off at the lung bases ~1 L (an abdomen CT with the bases: 18 mL).
+LOW_LUNG_ML = 400.0
 PLAUSIBLE_HU_RANGE = (-3100.0, 32767.0)

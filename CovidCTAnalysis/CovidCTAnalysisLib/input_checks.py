@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import MAX_SPACING_MM, MIN_EXTENT_MM, MIN_SPACING_MM, PLAUSIBLE_HU_RANGE
+from .constants import LOW_LUNG_ML, MAX_SPACING_MM, MIN_EXTENT_MM, MIN_SPACING_MM, PLAUSIBLE_HU_RANGE
 from .errors import InputError
 
 _AXIS_NAMES = ("x", "y", "z")
@@ -93,3 +93,16 @@ def check_ct_image(image: sitk.Image, where: str = "image") -> None:
     check_spacing(image)
     check_extent(image)
     check_values(image)
+
+
+def lung_coverage_note(left_ml: float, right_ml: float) -> str | None:
+    """A warning when the scan shows less than ``LOW_LUNG_ML`` of lung; None otherwise.
+
+    A warning, not a refusal: a scan of the lung bases is a legitimate input, but its class
+    and lesion percent describe only the lung it shows, and an abdomen CT is no chest CT.
+    """
+    total = float(left_ml) + float(right_ml)
+    if total >= LOW_LUNG_ML:
+        return None
+    return (f"only {total:.0f} mL of lung found (left {left_ml:.0f} mL, right {right_ml:.0f} mL; an adult chest CT "
+            f"shows several litres): the scan may not cover the chest, and the results describe only the lung it shows")

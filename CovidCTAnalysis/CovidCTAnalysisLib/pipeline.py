@@ -17,13 +17,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
-from .constants import COVID_CLASS
+from .constants import COVID_CLASS, LEFT_LUNG, RIGHT_LUNG
 from .errors import DicomSegError, InputError
 from .progress import Progress
 
@@ -93,6 +94,24 @@ def _prefetch_imports() -> None:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"--{name} {value!r} is not one of {choices}")
+
+
+def _lung_ml(labelmap: sitk.Image) -> tuple[float, float]:
+    """(left, right) lung volume in mL of a 1/2/3 labelmap."""
+    counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=RIGHT_LUNG + 1)
+    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
+    return float(counts[LEFT_LUNG]) * voxel_ml, float(counts[RIGHT_LUNG]) * voxel_ml
+
+
+def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress):
+    """``volume`` with a note (logged as a warning, kept in report.json) when it shows little lung."""
+    from .input_checks import lung_coverage_note
+
+    note = lung_coverage_note(left_ml, right_ml)
+    if note is None:
+        return volume
+    progress.log(note, "warning")
+    return replace(volume, notes=(*volume.notes, note))
 
 
 def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "model", segment: str = "auto",
@@ -173,6 +192,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         with stage("lungs_threshold"):
             lungs = segment_lungs(volume.image)
             extent = lung_extent(lungs)
+        volume = _note_low_lung(volume, extent.left_ml, extent.right_ml, progress)
         with stage("classifier_load"):
             cls_model = registry.load(cls_meta, device=dev)
         model_metas.append(cls_meta)
@@ -206,6 +226,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
             progress.step("segment", 0.1, "Segmenting lungs and lesions (HU thresholds)")
             with stage("segment"):
                 labelmap = threshold_labelmap(volume.image)
+            volume = _note_low_lung(volume, *_lung_ml(labelmap), progress)
             seg_reason = f"--method threshold, --segment {segment}"
         else:
             seg_reason = "--segment never"
