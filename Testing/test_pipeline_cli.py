@@ -257,15 +257,19 @@ def test_a_scan_showing_little_lung_is_flagged(method, tiny_models, tmp_path, ca
     code, stdout, err = _run(["analyze", str(path), "-o", str(out), "--method", method, "--models-dir",
                               str(tiny_models), "--segment", "always", "--device", "cpu", "--progress", "plain"], capsys)
     assert code == 0, err
-    notes = [n for n in json.loads((out / "report.json").read_text())["input"]["notes"] if "mL of lung" in n]
+    report = json.loads((out / "report.json").read_text())
+    notes = [n for n in report["input"]["notes"] if "mL of lung" in n]
     assert len(notes) == 1 and "may not cover the chest" in notes[0], notes
+    assert notes[0] in report["warnings"]
     total = float(notes[0].split(" mL")[0].split()[-1])
     assert 0 < total < 400
     assert "may not cover the chest" in stdout + err
+    assert "WARNING only" in stdout  # in the summary too
 
 
 def test_a_chest_scan_is_not_flagged(covid_nifti, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(["analyze", str(covid_nifti), "-o", str(out), "--method", "threshold", "--progress", "none"],
                 capsys)[0] == 0
-    assert not any("mL of lung" in n for n in json.loads((out / "report.json").read_text())["input"]["notes"])
+    report = json.loads((out / "report.json").read_text())
+    assert not any("mL of lung" in n for n in report["input"]["notes"]) and report["warnings"] == []

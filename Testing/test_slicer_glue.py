@@ -293,6 +293,8 @@ def test_summary_lines_carry_class_provenance_and_research_note():
     line = results.provenanceLine(REPORT)
     assert "covidct-classifier-demo v0.1.0" in line and "abababababab" in line and "DEMO" in line
     assert "not for diagnosis" in results.researchNote(REPORT)
+    flagged = dict(REPORT, warnings=["only 18 mL of lung found (left 15 mL, right 3 mL)"])
+    assert results.researchNote(flagged).endswith("Warning: only 18 mL of lung found (left 15 mL, right 3 mL).")
     assert results.classProbabilities(REPORT) == {"Normal": 0.05, "Pneumonia": 0.15, "COVID-19": 0.80}
 
 

@@ -103,14 +103,15 @@ def _lung_ml(labelmap: sitk.Image) -> tuple[float, float]:
     return float(counts[LEFT_LUNG]) * voxel_ml, float(counts[RIGHT_LUNG]) * voxel_ml
 
 
-def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress):
-    """``volume`` with a note (logged as a warning, kept in report.json) when it shows little lung."""
+def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress, warnings: list[str]):
+    """``volume`` with a note when it shows little lung (also logged, and added to ``warnings``)."""
     from .input_checks import lung_coverage_note
 
     note = lung_coverage_note(left_ml, right_ml)
     if note is None:
         return volume
     progress.log(note, "warning")
+    warnings.append(note)
     return replace(volume, notes=(*volume.notes, note))
 
 
@@ -182,6 +183,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
     classification = None
     labelmap = None
     crosscheck: dict | None = None
+    warnings: list[str] = []  # for report.json "warnings": what a reader of the result must see
     model_metas = []
     seg_reason = ""
     if method == "model":
@@ -192,7 +194,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         with stage("lungs_threshold"):
             lungs = segment_lungs(volume.image)
             extent = lung_extent(lungs)
-        volume = _note_low_lung(volume, extent.left_ml, extent.right_ml, progress)
+        volume = _note_low_lung(volume, extent.left_ml, extent.right_ml, progress, warnings)
         with stage("classifier_load"):
             cls_model = registry.load(cls_meta, device=dev)
         model_metas.append(cls_meta)
@@ -219,6 +221,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
                 crosscheck = {"ran": True, **compare_lungs(labelmap, lungs)}
             if crosscheck.get("flag"):
                 progress.log(f"lung cross-check: {crosscheck.get('message')}", "warning")
+                warnings.append(f"lung cross-check: {crosscheck.get('message')}")
     else:
         if segment != "never":
             from .lesions_threshold import threshold_labelmap
@@ -226,7 +229,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
             progress.step("segment", 0.1, "Segmenting lungs and lesions (HU thresholds)")
             with stage("segment"):
                 labelmap = threshold_labelmap(volume.image)
-            volume = _note_low_lung(volume, *_lung_ml(labelmap), progress)
+            volume = _note_low_lung(volume, *_lung_ml(labelmap), progress, warnings)
             seg_reason = f"--method threshold, --segment {segment}"
         else:
             seg_reason = "--segment never"
@@ -272,7 +275,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
             volume=volume, method=method, device=describe_device(dev) if method == "model" else "cpu",
             classification=report.classification_section(classification, method), segmentation_ran=labelmap is not None,
             segmentation_reason=seg_reason, segments=segments, lesion_percent=lesion_pct, reference=ref_metrics,
-            models=models, lung_crosscheck=crosscheck, dicom_seg=dseg, timings_s={}, files=files)
+            models=models, lung_crosscheck=crosscheck, dicom_seg=dseg, timings_s={}, files=files, warnings=warnings)
         write_preview(volume.image, shown, tmp / outputs.PREVIEW_PNG, report.title_lines(rep))
         rep["timings_s"] = {k: round(v, 3) for k, v in stage.total().items()}
         outputs.write_json(rep, tmp / outputs.REPORT_JSON)

@@ -12,7 +12,7 @@ from . import INTENDED_USE, __version__
 from .constants import CLASS_NAMES
 from .volume import CTVolume
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"  # 1.1: "warnings" added
 DEMO_TAG = "DEMO model trained on synthetic phantoms"
 
 
@@ -54,8 +54,10 @@ def classification_section(result: Any | None, method: str) -> dict[str, Any]:
 def build_report(*, volume: CTVolume, method: str, device: str, classification: dict, segmentation_ran: bool,
                  segmentation_reason: str, segments: list[dict] | None, lesion_percent: dict | None,
                  reference: dict | None, models: list[dict], lung_crosscheck: dict | None,
-                 dicom_seg: dict | None, timings_s: dict[str, float], files: dict[str, str]) -> dict[str, Any]:
-    """Assemble the report dict (the JSON written to ``report.json``)."""
+                 dicom_seg: dict | None, timings_s: dict[str, float], files: dict[str, str],
+                 warnings: list[str] | None = None) -> dict[str, Any]:
+    """Assemble the report dict (the JSON written to ``report.json``). ``warnings``: what a reader of the
+    result must see (little lung in the scan, model lungs disagreeing with the threshold lungs)."""
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "software": {"name": "CovidCTAnalysis", "version": __version__},
@@ -71,6 +73,7 @@ def build_report(*, volume: CTVolume, method: str, device: str, classification: 
         "lung_crosscheck": lung_crosscheck,
         "timings_s": {k: round(float(v), 3) for k, v in timings_s.items()},
         "files": files,
+        "warnings": list(warnings or []),
     }
     if any(m.get("demo") for m in models):
         report["warning"] = f"{DEMO_TAG}: results are for demonstration only."
@@ -125,11 +128,10 @@ def summary_text(report: dict[str, Any], model_lines: list[str], output_dir: str
         if "dice" in report:
             d = ", ".join(f"{k} {('n/a' if v is None else f'{v:.3f}')}" for k, v in report["dice"].items())
             out.append(f"Dice vs reference: {d}")
-        cc = report.get("lung_crosscheck")
-        if cc and cc.get("flag"):
-            out.append(f"WARNING lung cross-check: {cc.get('message')}")
     else:
         out.append(f"Segmentation: not run ({seg['reason']})")
+    for warning in report.get("warnings") or []:  # little lung in the scan, a lung cross-check flag
+        out.append(f"WARNING {warning}")
     for line in model_lines:
         out.append(f"Model: {line}")
     ds = report.get("dicom_seg")

@@ -97,10 +97,13 @@ def provenanceLine(report: dict[str, Any]) -> str:
 
 
 def researchNote(report: dict[str, Any]) -> str:
-    """The intended-use line shown with every result, with the demo warning when a demo model ran."""
+    """The intended-use line shown with every result, with the demo warning when a demo model ran and the
+    report's other warnings (little lung in the scan, a lung cross-check flag)."""
     note = str(report.get("intended_use") or INTENDED_USE)
     if report.get("warning"):
         note += " " + str(report["warning"])
+    for warning in report.get("warnings") or []:
+        note += f" Warning: {warning}."
     return note
 
 
