@@ -207,3 +207,22 @@ def test_bf16_precision_trains_validates_every_n_and_exports_plain_weights(scrip
     export(tmp_path / "run", tmp_path / "folder", f"t-{script}", "0.0.1", demo=True)
     loaded = load_model_folder(tmp_path / "folder", "cpu")
     assert all(v.dtype != torch.bfloat16 for v in loaded.module.state_dict().values())
+
+
+def test_phantom_set_in_parallel_matches_one_process(tmp_path):
+    from training.phantom_cache import phantom_set
+
+    lines = []
+    parallel = phantom_set(["normal", "covid"], [0, 1], tmp_path / "a", spacing=9, workers=2,
+                           log=lambda _stage, msg: lines.append(msg))
+    serial = phantom_set(["normal", "covid"], [0, 1], tmp_path / "b", spacing=9, workers=1)
+    assert [(p.kind, p.seed) for p in parallel] == [(p.kind, p.seed) for p in serial] == [
+        ("normal", 0), ("covid", 0), ("normal", 1), ("covid", 1)]
+    for a, b in zip(parallel, serial, strict=True):
+        for x, y in ((a.image, b.image), (a.truth, b.truth)):
+            assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(x))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(y))))
+    assert len(lines) == 4 and all("2 processes" in line for line in lines)
+    again = []
+    phantom_set(["normal", "covid"], [0, 1], tmp_path / "a", spacing=9, log=lambda _s, m: again.append(m))
+    assert again == [f"4/4 phantoms already in {tmp_path / 'a'}"]  # nothing made twice

@@ -49,6 +49,11 @@ def _tag(spacing: float | None, size: int | None) -> str:
     return f"sp{spacing:g}" if spacing else (f"sz{size}" if size else "native")
 
 
+def _paths(kind: str, seed: int, cache_dir: str | Path, spacing: float | None, size: int | None) -> tuple[Path, Path]:
+    stem = Path(cache_dir) / f"phantom_{kind}_{seed}_{_tag(spacing, size)}"
+    return Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_truth.nii.gz")
+
+
 def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | None = None,
                   size: int | None = None) -> PhantomFiles:
     """Image and truth of one phantom as NIfTI files in ``cache_dir`` (made on first use).
@@ -60,10 +65,8 @@ def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | 
 
     if kind not in KINDS:
         raise ValueError(f"phantom kind {kind!r}; expected one of {KINDS}")
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    stem = f"phantom_{kind}_{seed}_{_tag(spacing, size)}"
-    image_path, truth_path = cache / f"{stem}_ct.nii.gz", cache / f"{stem}_truth.nii.gz"
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    image_path, truth_path = _paths(kind, seed, cache_dir, spacing, size)
     if not (image_path.is_file() and truth_path.is_file()):
         kwargs = {}
         if spacing:
@@ -80,13 +83,40 @@ def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | 
 
 
 def phantom_set(kinds: list[str], seeds: list[int], cache_dir: str | Path, spacing: float | None = None,
-                size: int | None = None, log=None) -> list[PhantomFiles]:
-    """All (kind, seed) phantoms, generating the missing ones (with a progress line each)."""
-    out = []
-    total = len(kinds) * len(seeds)
-    for seed in seeds:
-        for kind in kinds:
+                size: int | None = None, log=None, workers: int | None = None) -> list[PhantomFiles]:
+    """All (kind, seed) phantoms, generating the missing ones (with a progress line each).
+
+    Missing phantoms are made by ``workers`` processes (default: one per CPU core): a phantom takes
+    about a second of one core, and ``make demo`` needs 87 of them on its first run.
+    """
+    pairs = [(kind, seed) for seed in seeds for kind in kinds]
+    total = len(pairs)
+    done: dict[tuple[str, int], PhantomFiles] = {}
+    missing = []
+    for kind, seed in pairs:
+        if all(path.is_file() for path in _paths(kind, seed, cache_dir, spacing, size)):
+            done[(kind, seed)] = phantom_files(kind, seed, cache_dir, spacing=spacing, size=size)
+        else:
+            missing.append((kind, seed))
+    if log is not None and done:
+        log("phantoms", f"{len(done)}/{total} phantoms already in {cache_dir}")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(missing)))
+    if workers == 1:
+        for kind, seed in missing:
+            done[(kind, seed)] = phantom_files(kind, seed, cache_dir, spacing=spacing, size=size)
             if log is not None:
-                log("phantoms", f"phantom {len(out) + 1}/{total}: {kind} seed {seed}")
-            out.append(phantom_files(kind, seed, cache_dir, spacing=spacing, size=size))
-    return out
+                log("phantoms", f"phantom {len(done)}/{total}: {kind} seed {seed}")
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: the parent may hold torch's thread pools, which forked children must not inherit
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(phantom_files, kind, seed, cache_dir, spacing, size): (kind, seed)
+                       for kind, seed in missing}
+            for future in as_completed(futures):
+                kind, seed = futures[future]
+                done[(kind, seed)] = future.result()
+                if log is not None:
+                    log("phantoms", f"phantom {len(done)}/{total}: {kind} seed {seed} ({workers} processes)")
+    return [done[pair] for pair in pairs]
