@@ -172,16 +172,22 @@ def load_eval_cases(args, meta_raw: dict, t0: float):
     return cases, desc
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    t0 = time.monotonic()
+def open_model_dir(args) -> tuple[Path, dict]:
+    """Apply ``--threads``; the checked ``--model-dir`` and its metadata.json as written (also for
+    ``tune_aggregation``, which edits it)."""
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir)
     check_model_folder(model_dir)
-    meta_raw = json.loads((model_dir / METADATA_FILE).read_text())
+    return model_dir, json.loads((model_dir / METADATA_FILE).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.monotonic()
+    model_dir, meta_raw = open_model_dir(args)
     device = resolve_device(args.device)
     model = load_model_folder(model_dir, device)
     cases, desc = load_eval_cases(args, meta_raw, t0)

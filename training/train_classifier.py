@@ -272,35 +272,29 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.log("train", f"epoch {epoch + 1}/{args.epochs} batch {step + 1}/{len(train_dl)} loss {loss.item():.3f}")
         sched.step()
         train_loss = all_reduce_mean(total / max(n, 1), ctx)
-        if (epoch + 1) % max(args.val_every, 1) and epoch + 1 < args.epochs:
-            history.append({"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]})
-            tb.scalar("loss/train", train_loss, epoch)
-            if ctx.is_main:
-                save_checkpoint(out / CHECKPOINT_LAST, model, opt, epoch, float("nan"), best, {"history": history})
-            ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}")
-            barrier(ctx)
-            continue
-        probs, ys = predict(unwrap(model), val_dl, ctx.device)
-        m = classification_metrics(ys, probs, CLASS_NAMES) if len(ys) else {"accuracy": None}
-        acc = m["accuracy"] if m["accuracy"] is not None else -train_loss  # no validation slices: use the loss
-        entry = {"epoch": epoch, "train_loss": train_loss, "val_slice_accuracy": m["accuracy"],
-                 "val_macro_auc": m.get("macro_auc"), "lr": opt.param_groups[0]["lr"]}
-        history.append(entry)
+        entry = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
         tb.scalar("loss/train", train_loss, epoch)
-        if m["accuracy"] is not None:
-            tb.scalar("accuracy/val_slice", m["accuracy"], epoch)
-            fig = confusion_figure(np.array(m["confusion_matrix"]["counts"]), CLASS_NAMES, f"epoch {epoch + 1}")
-            if fig is not None:
-                tb.figure("confusion_matrix/val", fig, epoch)
-        is_best = best is None or acc > best
-        best = acc if is_best else best
+        m, acc, is_best = None, float("nan"), False
+        if (epoch + 1) % max(args.val_every, 1) == 0 or epoch + 1 == args.epochs:
+            probs, ys = predict(unwrap(model), val_dl, ctx.device)
+            m = classification_metrics(ys, probs, CLASS_NAMES) if len(ys) else {"accuracy": None}
+            acc = m["accuracy"] if m["accuracy"] is not None else -train_loss  # no validation slices: use the loss
+            entry.update(val_slice_accuracy=m["accuracy"], val_macro_auc=m.get("macro_auc"))
+            if m["accuracy"] is not None:
+                tb.scalar("accuracy/val_slice", m["accuracy"], epoch)
+                fig = confusion_figure(np.array(m["confusion_matrix"]["counts"]), CLASS_NAMES, f"epoch {epoch + 1}")
+                if fig is not None:
+                    tb.figure("confusion_matrix/val", fig, epoch)
+            is_best = best is None or acc > best
+            best = acc if is_best else best
+        history.append(entry)
         if ctx.is_main:
             save_checkpoint(out / CHECKPOINT_LAST, model, opt, epoch, acc, best, {"history": history})
             if is_best:
                 save_checkpoint(out / CHECKPOINT_BEST, model, opt, epoch, acc, best, {"history": history})
-        ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f} val slice accuracy "
-                         f"{m['accuracy'] if m['accuracy'] is None else round(m['accuracy'], 3)}"
-                         f"{' (best)' if is_best else ''}")
+        val_text = "" if m is None else (f" val slice accuracy {m['accuracy'] if m['accuracy'] is None else round(m['accuracy'], 3)}"
+                                         f"{' (best)' if is_best else ''}")
+        ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}{val_text}")
         barrier(ctx)
     tb.close()
     if ctx.is_main:

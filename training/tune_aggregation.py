@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from CovidCTAnalysisLib.model_folder import check_model_folder, load_model_folder
@@ -51,20 +50,14 @@ def best(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .evaluate import build_parser, load_eval_cases
+    from .evaluate import build_parser, load_eval_cases, open_model_dir
 
     p = build_parser()
     p.prog, p.description = "python -m training.tune_aggregation", __doc__.split("\n")[0]
     args = p.parse_args(argv)
     args.held_out = True  # only the validation patients: the test patients never choose anything
     t0 = time.monotonic()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model_dir = Path(args.model_dir)
-    check_model_folder(model_dir)
-    raw = json.loads((model_dir / METADATA_FILE).read_text())
+    model_dir, raw = open_model_dir(args)
     if raw["task"] != "classification":
         raise SystemExit(f"{model_dir} is a {raw['task']} model; aggregation tuning is for classifiers")
     from CovidCTAnalysisLib.classify import classify

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from .constants import COVID_CLASS, LEFT_LUNG, RIGHT_LUNG
@@ -94,13 +93,6 @@ def _prefetch_imports() -> None:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"--{name} {value!r} is not one of {choices}")
-
-
-def _lung_ml(labelmap: sitk.Image) -> tuple[float, float]:
-    """(left, right) lung volume in mL of a 1/2/3 labelmap."""
-    counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=RIGHT_LUNG + 1)
-    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
-    return float(counts[LEFT_LUNG]) * voxel_ml, float(counts[RIGHT_LUNG]) * voxel_ml
 
 
 def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress, warnings: list[str]):
@@ -229,7 +221,6 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
             progress.step("segment", 0.1, "Segmenting lungs and lesions (HU thresholds)")
             with stage("segment"):
                 labelmap = threshold_labelmap(volume.image)
-            volume = _note_low_lung(volume, *_lung_ml(labelmap), progress, warnings)
             seg_reason = f"--method threshold, --segment {segment}"
         else:
             seg_reason = "--segment never"
@@ -243,6 +234,9 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         with stage("statistics"):
             segments = statistics.segment_statistics(volume.image, labelmap)
             lesion_pct = statistics.lesion_percent(labelmap)
+        if method != "model":  # the model path checked its threshold lungs before classifying
+            ml = {s["label"]: s["volume_ml"] for s in segments}
+            volume = _note_low_lung(volume, ml[LEFT_LUNG], ml[RIGHT_LUNG], progress, warnings)
         if ref_img is not None:
             with stage("reference_compare"):
                 ref_metrics = {"path": str(Path(reference)), "labels": label_map,
