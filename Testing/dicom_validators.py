@@ -119,7 +119,7 @@ def chest_volume(seed: int = 0, size: tuple[int, int, int] = (64, 64, 20),
     synthetic chest (body ellipse, two lungs, one lesion) with the same labels.
     """
     try:
-        from CovidCTAnalysisLib.phantom import make_phantom  # noqa: PLC0415
+        from CovidCTAnalysisLib.phantom.generator import make_phantom  # noqa: PLC0415
     except ImportError:
         make_phantom = None
     if make_phantom is not None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from CovidCTAnalysisLib.classify import aggregate, classify, select_slices
 from CovidCTAnalysisLib.errors import InputError, ModelError
-from CovidCTAnalysisLib.model_folder import LoadedModel
-from CovidCTAnalysisLib.model_metadata import ModelMetadata
-from CovidCTAnalysisLib.networks import build_classifier
+from CovidCTAnalysisLib.inference.classify import aggregate, classify, select_slices
+from CovidCTAnalysisLib.models.folder import LoadedModel
+from CovidCTAnalysisLib.models.metadata import ModelMetadata
+from CovidCTAnalysisLib.models.networks import build_classifier
 
 CLASSES = ["Normal", "Pneumonia", "COVID-19"]
 

@@ -21,16 +21,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
-from CovidCTAnalysisLib.dicom_seg import (
+from CovidCTAnalysisLib.errors import DicomSegError
+from CovidCTAnalysisLib.loading.dicom_series import load_dicom_series
+from CovidCTAnalysisLib.loading.volume import CTVolume, labelmap_like
+from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
+from CovidCTAnalysisLib.results.dicom_seg import (
     SegWriteResult,
     seg_reference_problem,
     seg_unavailable_reason,
     write_dicom_seg,
 )
-from CovidCTAnalysisLib.dicom_series import load_dicom_series
-from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
-from CovidCTAnalysisLib.errors import DicomSegError
-from CovidCTAnalysisLib.volume import CTVolume, labelmap_like
 from dicom_validators import chest_volume, edit_series, on_grid, read_with_dcmqi, run_dciodvfy
 
 MODEL = {"id": "covidct-segmenter-test", "version": "1.2.3", "task": "segmentation", "demo": True}
@@ -238,8 +238,7 @@ def test_sop_class_blanked_in_dataset_taken_from_file_meta(tmp_path):
 
 
 def test_source_refused_by_highdicom_gives_a_reason_not_a_crash(phantom_series, tmp_path, monkeypatch, caplog):
-    from CovidCTAnalysisLib import dicom_seg
-
+    from CovidCTAnalysisLib.results import dicom_seg
     def refuse(**kwargs):
         raise ValueError("Source images must have the same Frame of Reference")
 
@@ -295,10 +294,10 @@ def test_real_p001_repaired_seg_valid(shared_data, tmp_path, strict_pydicom):
 
 def _analyze(args: list[str]) -> int:
     try:
-        from CovidCTAnalysisLib.cli import main
+        from CovidCTAnalysisLib.cli.main import main
     except ImportError as exc:
         pytest.skip(f"covidct CLI not importable yet: {exc}")
-    pytest.importorskip("CovidCTAnalysisLib.lesions_threshold", reason="the threshold method is being built")
+    pytest.importorskip("CovidCTAnalysisLib.threshold.lesions", reason="the threshold method is being built")
     return main(["analyze", *args, "--method", "threshold", "--progress", "none"])
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from CovidCTAnalysisLib.dicom_seg import seg_reference_problem
-from CovidCTAnalysisLib.dicom_series import dicom_source_from_files, load_dicom_series
-from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
 from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.loading.dicom_series import dicom_source_from_files, load_dicom_series
+from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
+from CovidCTAnalysisLib.results.dicom_seg import seg_reference_problem
 from dicom_validators import chest_volume, edit_series
 from pydicom.fileset import FileSet
 
@@ -283,7 +283,7 @@ def test_localizer_inside_the_same_series_is_skipped(tmp_path):
 
 
 def test_write_series_command_line(tmp_path, capsys):
-    from CovidCTAnalysisLib.dicom_write_series import main
+    from CovidCTAnalysisLib.phantom.write_dicom import main
 
     image, _ = chest_volume(seed=12)
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.errors import InputError
-from CovidCTAnalysisLib.io_load import load_ct
+from CovidCTAnalysisLib.loading.load import load_ct
 
 
 def simple_ct(size=(48, 40, 24), spacing=(4.0, 4.0, 5.0), dtype=np.int16) -> sitk.Image:
@@ -32,7 +32,7 @@ def _write(img: sitk.Image, path: Path) -> Path:
 
 def _main_refuses(input_path: Path, tmp_path: Path, *needles: str, extra=()) -> None:
     """Through the CLI: non-zero exit, one 'error:' line naming the value, no output folder."""
-    from CovidCTAnalysisLib.cli import main
+    from CovidCTAnalysisLib.cli.main import main
 
     out = tmp_path / "out"
     import contextlib
@@ -62,7 +62,7 @@ def test_loads_supported_formats(tmp_path, suffix, fmt):
 
 
 def test_loads_dicom_folder(tmp_path):
-    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
+    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
 
     img = simple_ct()
     written = write_dicom_series(img, tmp_path / "dcm")
@@ -88,7 +88,7 @@ def test_refuses_single_slice_volume(tmp_path):
 
 
 def test_refuses_non_ct_dicom(tmp_path):
-    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
+    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
 
     write_dicom_series(simple_ct(), tmp_path / "mr", modality="MR")
     with pytest.raises(InputError, match="MR"):
@@ -175,7 +175,7 @@ def test_refuses_missing_and_unsupported(tmp_path):
 
 
 def test_refusal_in_json_mode_emits_error_event(tmp_path, capsys):
-    from CovidCTAnalysisLib.cli import main
+    from CovidCTAnalysisLib.cli.main import main
 
     p = tmp_path / "empty.nrrd"
     p.write_bytes(b"")

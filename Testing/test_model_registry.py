@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from CovidCTAnalysisLib import cli_models
-from CovidCTAnalysisLib.device import select_device
+from CovidCTAnalysisLib.cli import models as cli_models
 from CovidCTAnalysisLib.errors import InputError, ModelError, OutputError
-from CovidCTAnalysisLib.model_folder import load_model_folder
-from CovidCTAnalysisLib.model_metadata import METADATA_FILE, WEIGHTS_FILE
-from CovidCTAnalysisLib.model_registry import ModelRegistry, default_models_dir, save_model_folder, version_key
-from CovidCTAnalysisLib.networks import build_segmenter, sha256_file
+from CovidCTAnalysisLib.models.device import select_device
+from CovidCTAnalysisLib.models.folder import load_model_folder
+from CovidCTAnalysisLib.models.metadata import METADATA_FILE, WEIGHTS_FILE
+from CovidCTAnalysisLib.models.networks import build_segmenter, sha256_file
+from CovidCTAnalysisLib.models.registry import ModelRegistry, default_models_dir, save_model_folder, version_key
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
@@ -229,7 +229,7 @@ def test_models_are_listed_and_resolved_without_torch(tmp_path):
     reg.install(make_folder(tmp_path / "src"))
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
-        "from CovidCTAnalysisLib.model_registry import ModelRegistry\n"
+        "from CovidCTAnalysisLib.models.registry import ModelRegistry\n"
         f"reg = ModelRegistry({str(tmp_path / 'reg')!r})\n"
         "print([m.id for m in reg.list()], reg.resolve('segmentation').version)\n"
         "try:\n    reg.load(None, task='segmentation')\nexcept ImportError:\n    print('load needs torch')\n"

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LABEL_NAMES, LESION, TERMINOLOGY
 from CovidCTAnalysisLib.errors import OutputError
-from CovidCTAnalysisLib.outputs import (
+from CovidCTAnalysisLib.results.outputs import (
     atomic_output_dir,
     check_output_dir,
     write_labelmap,
@@ -117,7 +117,7 @@ def test_output_dir_checks(tmp_path):
 
 
 def test_preview_png_through_lesion_richest_slices(tmp_path):
-    from CovidCTAnalysisLib.preview import choose_slices, write_preview
+    from CovidCTAnalysisLib.results.preview import choose_slices, write_preview
 
     lab = _labelmap()
     arr = sitk.GetArrayFromImage(lab)

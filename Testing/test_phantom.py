@@ -8,10 +8,10 @@ import functools
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CovidCTAnalysisLib.cli_phantom import add_parser, run
+from CovidCTAnalysisLib.cli.phantom import add_parser, run
 from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError, OutputError
-from CovidCTAnalysisLib.phantom import KINDS, Phantom, make_phantom, random_direction, write_phantom
+from CovidCTAnalysisLib.phantom.generator import KINDS, Phantom, make_phantom, random_direction, write_phantom
 from scipy import ndimage
 
 SMALL = (72, 72, 48)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CovidCTAnalysisLib.cli import main
+from CovidCTAnalysisLib.cli.main import main
 from CovidCTAnalysisLib.constants import CLASS_NAMES, LABEL_NAMES
 
 PHANTOM_SIZE = (96, 80, 48)
@@ -16,7 +16,7 @@ PHANTOM_SIZE = (96, 80, 48)
 
 @pytest.fixture(scope="module")
 def covid_nifti(tmp_path_factory) -> Path:
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     ph = make_phantom("covid", 3, size=PHANTOM_SIZE)
     folder = tmp_path_factory.mktemp("phantom")
@@ -29,9 +29,9 @@ def covid_nifti(tmp_path_factory) -> Path:
 def tiny_models(tmp_path_factory) -> Path:
     """A temp registry with tiny UNTRAINED models (saved with model_folder.save_model_folder)."""
     from CovidCTAnalysisLib import INTENDED_USE
-    from CovidCTAnalysisLib.model_folder import save_model_folder
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
-    from CovidCTAnalysisLib.networks import build_classifier, build_segmenter
+    from CovidCTAnalysisLib.models.folder import save_model_folder
+    from CovidCTAnalysisLib.models.networks import build_classifier, build_segmenter
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("models")
     work = tmp_path_factory.mktemp("model_src")
@@ -177,8 +177,8 @@ def test_dicom_seg_required_for_nifti_is_refused(covid_nifti, tmp_path, capsys):
 
 def test_dicom_input_writes_seg_and_refuses_unreferenceable(tmp_path, capsys):
     import pydicom
-    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
+    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
 
     ph = make_phantom("covid", 5, size=(80, 72, 32))
     written = write_dicom_series(ph.image, tmp_path / "dcm")
@@ -248,7 +248,7 @@ def test_model_method_segment_never_and_bad_spec(covid_nifti, tiny_models, tmp_p
 
 @pytest.mark.parametrize("method", ["threshold", "model"])
 def test_a_scan_showing_little_lung_is_flagged(method, tiny_models, tmp_path, capsys):
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     image = make_phantom("normal", 3, size=(96, 96, 64)).image[:, :, 0:14]  # diaphragm domes and abdomen, 62 mm
     path = tmp_path / "bases.nii.gz"

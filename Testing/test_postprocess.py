@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CovidCTAnalysisLib.postprocess import postprocess_labelmap, postprocess_with_notes
+from CovidCTAnalysisLib.inference.postprocess import postprocess_labelmap, postprocess_with_notes
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 FLIP_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -85,7 +85,7 @@ def test_lesion_pieces_apart_from_the_lungs_removed_and_consolidation_kept_whole
 
 
 def test_phantom_truth_passes_unchanged_including_a_lobar_consolidation():
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     truth = make_phantom("pneumonia", 100).truth  # lobar consolidation reaching ~ 45 mm from aerated lung
     before = sitk.GetArrayFromImage(truth) == 3

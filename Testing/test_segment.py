@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CovidCTAnalysisLib.errors import InputError, ModelError
-from CovidCTAnalysisLib.model_folder import LoadedModel
-from CovidCTAnalysisLib.model_metadata import ModelMetadata
-from CovidCTAnalysisLib.networks import build_segmenter
-from CovidCTAnalysisLib.segment import lung_box_with_margin, probabilities_to_labels, segment
+from CovidCTAnalysisLib.inference.segment import lung_box_with_margin, probabilities_to_labels, segment
+from CovidCTAnalysisLib.models.folder import LoadedModel
+from CovidCTAnalysisLib.models.metadata import ModelMetadata
+from CovidCTAnalysisLib.models.networks import build_segmenter
 
 LABELS = {"0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"}
 DIRECTIONS = [
@@ -147,8 +147,8 @@ def test_refusals():
 
 @pytest.mark.parametrize("direction", DIRECTIONS + [(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)])
 def test_fast_map_back_agrees_with_sitk_resampling(direction):
-    from CovidCTAnalysisLib.segment import _resampled_argmax, _separable_argmax
-    from CovidCTAnalysisLib.transforms import model_grid
+    from CovidCTAnalysisLib.inference.segment import _resampled_argmax, _separable_argmax
+    from CovidCTAnalysisLib.models.transforms import model_grid
 
     target = sitk.Image((30, 26, 12), sitk.sitkUInt8)
     target.SetSpacing((0.9, 1.1, 2.5))

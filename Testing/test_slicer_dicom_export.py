@@ -37,9 +37,9 @@ from slicer_scene import newScene  # noqa: E402
 
 @pytest.fixture(scope="module")
 def dicomPhantom(tmp_path_factory):
-    from CovidCTAnalysisLib.dicom_series import load_dicom_series
-    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.loading.dicom_series import load_dicom_series
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
+    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
 
     phantom = make_phantom("covid", 5, size=(96, 96, 32))
     folder = tmp_path_factory.mktemp("dicom")

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "CovidCTAnalysis"))
 
 from CovidCTAnalysisLib import constants  # noqa: E402
-from CovidCTAnalysisLib.outputs import write_seg_nrrd  # noqa: E402
-from CovidCTAnalysisLib.statistics import compare_to_reference  # noqa: E402
+from CovidCTAnalysisLib.results.outputs import write_seg_nrrd  # noqa: E402
+from CovidCTAnalysisLib.results.statistics import compare_to_reference  # noqa: E402
 from CovidCTAnalysisSlicer import results, segmentations, tables, volumes  # noqa: E402
 from slicer_scene import newScene  # noqa: E402
 

@@ -48,7 +48,7 @@ def test_command_line_matches_the_cli_parser():
                              referenceLabels="1=1,2=2,3=3")
     command = buildAnalyzeCommand("/slicer/bin/PythonSlicer", "/tmp/in.nrrd", "/tmp/out", options)
     assert command[:3] == ["/slicer/bin/PythonSlicer", "-m", "CovidCTAnalysisLib.cli"]
-    from CovidCTAnalysisLib.cli import build_parser
+    from CovidCTAnalysisLib.cli.main import build_parser
 
     args = build_parser().parse_args(command[3:])
     assert (args.command, args.input, args.output_dir, args.progress) == ("analyze", "/tmp/in.nrrd", "/tmp/out", "json")

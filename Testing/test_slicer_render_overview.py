@@ -17,7 +17,7 @@ from CovidCTAnalysisLib import constants  # noqa: E402
 
 
 def test_overview_png_is_drawn_with_all_segments(tmp_path):
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
     from PIL import Image
 
     phantom = make_phantom("covid", 3, size=(96, 96, 48))

@@ -31,7 +31,7 @@ from slicer_scene import newScene  # noqa: E402
 
 @pytest.fixture(scope="module")
 def phantom():
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     # Small grid, oblique-free but non-unit spacing; big enough for the core's minimum extent.
     return make_phantom("covid", 11, size=(96, 96, 40))

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
-from CovidCTAnalysisLib.statistics import (
+from CovidCTAnalysisLib.results.statistics import (
     compare_to_reference,
     dice,
     hd95_mm,
@@ -38,7 +38,7 @@ def _two_lungs(shape=(20, 40, 60)) -> np.ndarray:
 
 @pytest.mark.parametrize("kind,seed", [("covid", 1), ("normal", 2), ("pneumonia", 3)])
 def test_volumes_and_hu_match_phantom_truth(kind, seed):
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     ph = make_phantom(kind, seed, size=(96, 80, 48))
     truth = ph.truth

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
-from CovidCTAnalysisLib.lesions_threshold import find_lesions, lesion_mask_array, threshold_labelmap
-from CovidCTAnalysisLib.lungs_threshold import segment_lungs
-from CovidCTAnalysisLib.phantom import make_phantom
-from CovidCTAnalysisLib.volume import voxel_volume_ml
+from CovidCTAnalysisLib.loading.volume import voxel_volume_ml
+from CovidCTAnalysisLib.phantom.generator import make_phantom
+from CovidCTAnalysisLib.threshold.lesions import find_lesions, lesion_mask_array, threshold_labelmap
+from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 
 # ~ 3 mm voxels: coarse enough to be quick, fine enough for vessels to look like vessels.
 SIZE = (128, 128, 80)

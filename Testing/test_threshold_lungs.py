@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
-from CovidCTAnalysisLib.lungs_threshold import compare_lungs, lung_extent, segment_lungs
-from CovidCTAnalysisLib.phantom import make_phantom
+from CovidCTAnalysisLib.phantom.generator import make_phantom
+from CovidCTAnalysisLib.threshold.lungs import compare_lungs, lung_extent, segment_lungs
 
 SIZE = (96, 96, 56)
 
@@ -128,7 +128,7 @@ def test_oblique_direction_keeps_sides():
 
 def test_touching_lungs_are_split_by_side(normal_phantom, monkeypatch):
     """Join the lungs with lung-density tissue where they come closest: still split by side."""
-    import CovidCTAnalysisLib.lung_sides as lung_sides
+    import CovidCTAnalysisLib.threshold.lung_sides as lung_sides
 
     truth = sitk.GetArrayFromImage(normal_phantom.truth)
     bridged, n_slices = _bridge_lungs(normal_phantom.image, truth)
@@ -225,7 +225,7 @@ def test_orientation_list_is_distinct():
 
 def test_split_left_right_cuts_a_wide_bridge_at_its_thinnest_column(monkeypatch):
     """Thin lungs joined by a bridge thicker than they are: erosion cannot split them, the per-slice cut must."""
-    import CovidCTAnalysisLib.lung_sides as lung_sides
+    import CovidCTAnalysisLib.threshold.lung_sides as lung_sides
 
     shape = (20, 60, 100)  # (z, y, x) at 2 mm; x increases to the patient's left
     body = np.zeros(shape, dtype=bool)

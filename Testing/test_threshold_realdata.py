@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LEFT_LUNG, RIGHT_LUNG
-from CovidCTAnalysisLib.lesions_threshold import find_lesions
-from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
+from CovidCTAnalysisLib.threshold.lesions import find_lesions
+from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
 pytestmark = pytest.mark.realdata
 
@@ -111,7 +111,7 @@ def test_lidc_slices_lung_counts_near_lungmask_r231(shared_data):
 
 
 def test_full_resolution_dicom_agrees_with_the_256_nifti(shared_data, covid_ct_md):
-    from CovidCTAnalysisLib.io_load import load_ct
+    from CovidCTAnalysisLib.loading.load import load_ct
 
     volume = load_ct(shared_data / "covid-ct-md" / "dicom" / "P001")
     full = lung_extent(segment_lungs(volume.image))

@@ -15,7 +15,7 @@ from training.phantom_cache import parse_seeds
 
 @pytest.fixture(scope="module")
 def registry():
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     return ModelRegistry()
 

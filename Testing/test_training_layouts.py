@@ -28,7 +28,7 @@ SEG_ARGS = ["--epochs", "1", "--spacing", "8,8,8", "--roi", "32,32,32", "--batch
 
 @pytest.fixture(scope="module")
 def phantoms():
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     return {(k, s): make_phantom(k, s, size=SIZE) for s in SEEDS for k in KINDS}
 
@@ -39,7 +39,7 @@ def registry_root(tmp_path_factory) -> Path:
 
 
 def _export_install(run_dir: Path, model_id: str, root: Path) -> dict:
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     from training.export import export
 
@@ -50,7 +50,7 @@ def _export_install(run_dir: Path, model_id: str, root: Path) -> dict:
 
 
 def _analyze(image: Path, out: Path, root: Path, classifier: str, segmenter: str | None) -> dict:
-    from CovidCTAnalysisLib.cli import main
+    from CovidCTAnalysisLib.cli.main import main
 
     args = ["analyze", str(image), "--output-dir", str(out), "--models-dir", str(root), "--classifier", classifier,
             "--progress", "none", "--device", "cpu"]
@@ -125,7 +125,7 @@ def test_folders_layout(phantoms, registry_root, covid_image, tmp_path):
 
 
 def test_covid_ct_md_layout_dicom_index_and_slice_labels(phantoms, registry_root, covid_image, tmp_path):
-    from CovidCTAnalysisLib.dicom_write_series import write_dicom_series
+    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
 
     from training import train_classifier
     from training.classifier_data import covid_ct_md_cases
@@ -278,6 +278,6 @@ def test_phantoms_layout_segmenter_evaluate_records_metrics(classifier_id, regis
     m = json.loads((folder / "metadata.json").read_text())["eval_metrics"]
     assert set(m["per_class"]) == {"Left lung", "Right lung", "Lesion"}
     assert 0.0 <= m["per_class"]["Left lung"]["dice_mean"] <= 1.0 and m["n_cases"] == 1
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     ModelRegistry(tmp_path / "again").install(folder)  # still a valid model folder (sha256 unchanged)

@@ -138,7 +138,7 @@ def test_bad_arguments_are_refused_clearly(tmp_path, capsys):
 
 def test_pretrained_file_is_checked_and_loaded(tmp_path):
     from CovidCTAnalysisLib.errors import ModelError
-    from CovidCTAnalysisLib.networks import build_classifier, sha256_file
+    from CovidCTAnalysisLib.models.networks import build_classifier, sha256_file
     from torchvision.models import resnet50
 
     from training.train_classifier import zero_init_residual
@@ -181,7 +181,7 @@ def test_phantom_slice_labels_and_clear_slices_train_normal(tmp_path):
 def test_bf16_precision_trains_validates_every_n_and_exports_plain_weights(script, tmp_path):
     import json
 
-    from CovidCTAnalysisLib.model_folder import load_model_folder
+    from CovidCTAnalysisLib.models.folder import load_model_folder
 
     from training import train_classifier, train_segmenter
     from training.export import export

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CovidCTAnalysisLib.errors import ModelError
-from CovidCTAnalysisLib.transforms import (
+from CovidCTAnalysisLib.models.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     classifier_inputs,
@@ -175,7 +175,7 @@ def test_segmenter_train_transforms_sample_roi_patches():
 
 
 def test_left_right_flip_swaps_lung_labels():
-    from CovidCTAnalysisLib.transforms import RandFlipLeftRightd
+    from CovidCTAnalysisLib.models.transforms import RandFlipLeftRightd
 
     image = np.tile(np.arange(10, dtype=np.float32), (1, 2, 3, 1))  # increases along x
     label = np.zeros((1, 2, 3, 10), np.uint8)

@@ -86,14 +86,14 @@ def untrained_demo_models(root: Path) -> None:
     """
     from CovidCTAnalysisLib import INTENDED_USE
     from CovidCTAnalysisLib.constants import CLASS_NAMES, LABEL_NAMES
-    from CovidCTAnalysisLib.model_folder import save_model_folder
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
-    from CovidCTAnalysisLib.networks import (
+    from CovidCTAnalysisLib.models.folder import save_model_folder
+    from CovidCTAnalysisLib.models.networks import (
         DEFAULT_SEGMENTER_CHANNELS,
         DEFAULT_SEGMENTER_STRIDES,
         build_classifier,
         build_segmenter,
     )
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     common = {"sha256": "0" * 64, "demo": True, "eval_metrics": {}, "intended_use": INTENDED_USE,
               "trained_on": "nothing: UNTRAINED benchmark weights (timing only)", "training_data": {}}
@@ -120,7 +120,7 @@ def untrained_demo_models(root: Path) -> None:
 def pick_models(scratch: Path) -> tuple[Path, str]:
     """(registry folder, description): the installed models if complete, else untrained ones."""
     from CovidCTAnalysisLib.errors import ModelError
-    from CovidCTAnalysisLib.model_registry import ModelRegistry, default_models_dir
+    from CovidCTAnalysisLib.models.registry import ModelRegistry, default_models_dir
 
     root = default_models_dir()
     try:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import SimpleITK as sitk
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     size, spacing = _triple(a.size, int), _triple(a.spacing)
     with tempfile.TemporaryDirectory(prefix="covidct-bench-") as tmp:

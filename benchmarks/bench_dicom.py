@@ -37,12 +37,12 @@ SHARED_DATA = Path(os.environ.get("COVIDCT_SHARED_DATA", HERE.parent.parent / "s
 def _labelmap(volume) -> tuple[sitk.Image, str]:
     """The threshold method's labelmap when available, else a quick HU-threshold one."""
     try:
-        from CovidCTAnalysisLib.lesions_threshold import threshold_labelmap
+        from CovidCTAnalysisLib.threshold.lesions import threshold_labelmap
 
         return threshold_labelmap(volume.image), "lesions_threshold.threshold_labelmap"
     except ImportError:
         pass
-    from CovidCTAnalysisLib.volume import labelmap_like
+    from CovidCTAnalysisLib.loading.volume import labelmap_like
 
     hu = sitk.GetArrayFromImage(volume.image)
     lung = (hu > -1000) & (hu < -300)
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    from CovidCTAnalysisLib.dicom_seg import write_dicom_seg
-    from CovidCTAnalysisLib.dicom_series import load_dicom_series
+    from CovidCTAnalysisLib.loading.dicom_series import load_dicom_series
+    from CovidCTAnalysisLib.results.dicom_seg import write_dicom_seg
 
     original = SHARED_DATA / "covid-ct-md" / "dicom" / "P001"
     repaired = SHARED_DATA / "covid-ct-md" / "dicom" / "P001-repaired-uids"

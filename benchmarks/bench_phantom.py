@@ -28,7 +28,7 @@ RESULTS = HERE / "results"
 
 _CHILD = r"""
 import json, resource, sys, time
-from CovidCTAnalysisLib.phantom import make_phantom
+from CovidCTAnalysisLib.phantom.generator import make_phantom
 kw = json.loads(sys.argv[1])
 runs = []
 for _ in range(kw.pop("repeats")):

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU
-from CovidCTAnalysisLib.lesions_threshold import find_lesions
-from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
+from CovidCTAnalysisLib.threshold.lesions import find_lesions
+from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -144,7 +144,7 @@ def save_figure(kept: dict, path: Path) -> None:
 
 def evaluate_dicom_p001(data: Path, truth: list[int]) -> dict:
     """P001 at full resolution (the DICOM series; its z index is the NIfTI z index)."""
-    from CovidCTAnalysisLib.io_load import load_ct
+    from CovidCTAnalysisLib.loading.load import load_ct
 
     image = load_ct(data / "covid-ct-md" / "dicom" / "P001").image
     t0 = time.perf_counter()
@@ -208,8 +208,7 @@ ROBUSTNESS = {
 
 def robustness(data: Path, labels: dict) -> list[dict]:
     """Slice scores on P001 and cap001 with each rule constant moved to the values in ``ROBUSTNESS``."""
-    from CovidCTAnalysisLib import lesions_threshold as rule
-
+    from CovidCTAnalysisLib.threshold import lesions as rule
     cases = {}
     for case in ("P001", "cap001"):
         image = sitk.ReadImage(str(data / "covid-ct-md" / labels[case]["file"]))
@@ -235,7 +234,7 @@ _CHILD = """
 import json, os, threading, time
 import SimpleITK as sitk
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
-from CovidCTAnalysisLib.lesions_threshold import threshold_labelmap
+from CovidCTAnalysisLib.threshold.lesions import threshold_labelmap
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as f:
@@ -261,7 +260,7 @@ print(json.dumps({{"seconds": took, "peak_rss_gb": peak[0] / 1e9, "rss_after_loa
 
 
 def time_large_phantom(size=(512, 512, 300), spacing=(0.7, 0.7, 1.5)) -> dict:
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     with tempfile.TemporaryDirectory(prefix="covidct-threshold-bench-") as tmp:
         path = Path(tmp) / "phantom.nii"

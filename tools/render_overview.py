@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           "show the phantom's truth)")
     parser.add_argument("--output", type=Path, default=REPO / "Resources" / "Screenshots" / "overview.png")
     args = parser.parse_args(argv)
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     phantom = make_phantom("covid", args.seed)
     title = f"CovidCTAnalysis: synthetic COVID-19 phantom (seed {args.seed})"

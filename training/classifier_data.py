@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CLASS_NAMES
 
-from .phantom_cache import KIND_TO_CLASS, phantom_set
+from training.phantom_cache import KIND_TO_CLASS, phantom_set
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CLASS_FOLDERS = "Normal=NORMAL2_CT,Pneumonia=PNEUMONIA2_CT,COVID-19=COVID2_CT"

@@ -31,10 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from CovidCTAnalysisLib.constants import CLASS_NAMES
-from CovidCTAnalysisLib.transforms import classifier_inputs, classifier_inputs_from_gray, classifier_normalize
+from CovidCTAnalysisLib.models.transforms import classifier_inputs, classifier_inputs_from_gray, classifier_normalize
 from torch.utils.data import Dataset
 
-from .classifier_data import ClassifierCase, labels_by_z, read_volume
+from training.classifier_data import ClassifierCase, labels_by_z, read_volume
 
 NORMAL = CLASS_NAMES.index("Normal")
 CLEAR_SLICE_CHOICES = ("normal", "skip")
@@ -65,7 +65,7 @@ def lung_image(image: sitk.Image, case: ClassifierCase, source: str = "threshold
         return truth
     if source != "threshold":
         raise ValueError(f"lung mask source {source!r}; expected 'threshold' or 'truth'")
-    from CovidCTAnalysisLib.lungs_threshold import segment_lungs
+    from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 
     return segment_lungs(image)
 
@@ -92,8 +92,8 @@ def volume_slices(case: ClassifierCase, preprocessing: dict, lung_source: str = 
     ``max_slices`` caps each group of a patient: its slices of its own class, and its clear slices
     (at most ``ceil(max_slices / 2)`` of these). ``normal_heights``: module doc.
     """
-    from CovidCTAnalysisLib.classify import lung_slices_hu
-    from CovidCTAnalysisLib.lungs_threshold import lung_extent
+    from CovidCTAnalysisLib.inference.classify import lung_slices_hu
+    from CovidCTAnalysisLib.threshold.lungs import lung_extent
 
     if clear_slices not in CLEAR_SLICE_CHOICES:
         raise ValueError(f"clear_slices={clear_slices!r}; expected one of {CLEAR_SLICE_CHOICES}")

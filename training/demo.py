@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from .common import REPO_ROOT, write_json
+from training.common import REPO_ROOT, write_json
 
 CLASSIFIER_ID = "covidct-classifier-demo"
 SEGMENTER_ID = "covidct-segmenter-demo"
@@ -94,9 +94,9 @@ def installed(registry, model_id: str, version: str = DEMO_VERSION):
 def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
                       extra: list[str], cache: Path, version: str = DEMO_VERSION) -> None:
     """Train, export, evaluate on unseen seeds, install one demo model."""
-    from . import evaluate, export
-    from . import train_classifier as tc
-    from . import train_segmenter as ts
+    from training import evaluate, export
+    from training import train_classifier as tc
+    from training import train_segmenter as ts
 
     run_dir, model_dir = work / f"{kind}-run", work / f"{kind}-model"
     common = ["--dataset", "phantoms", "--phantom-seeds", train_seeds, "--phantom-kinds", "normal,pneumonia,covid",
@@ -110,7 +110,7 @@ def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds
     model_id = CLASSIFIER_ID if kind == "classifier" else SEGMENTER_ID
     export.export(run_dir, model_dir, model_id, version, demo=True, force=True)
     if kind == "classifier":
-        from . import tune_aggregation
+        from training import tune_aggregation
 
         steps.start("tune_classifier", "choosing the slice aggregation on the validation patients (training seeds)")
         tune_aggregation.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", train_seeds,
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    from CovidCTAnalysisLib.model_registry import ModelRegistry
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     registry = ModelRegistry(args.models_dir)
     work = Path(args.work_dir or os.environ.get("COVIDCT_DEMO_DIR") or REPO_ROOT / ".demo").resolve()
@@ -167,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         if meta is not None:
             print_metrics(meta)
     steps.start("phantom", f"making a fresh phantom (covid, seed {ANALYSIS_SEED}) to analyse")
-    from CovidCTAnalysisLib.phantom import make_phantom, write_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom, write_phantom
 
     files = write_phantom(make_phantom("covid", ANALYSIS_SEED), work / f"phantom-{ANALYSIS_SEED}", force=True)
     steps.start("analyze", "covidct analyze on the fresh phantom (with its truth as reference)")
-    from CovidCTAnalysisLib.cli import main as covidct
+    from CovidCTAnalysisLib.cli.main import main as covidct
 
     out = work / f"analysis-{ANALYSIS_SEED}"
     rc = covidct(["analyze", str(files["image"]), "--output-dir", str(out), "--force", "--segment", "always",

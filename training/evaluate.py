@@ -26,13 +26,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import SimpleITK as sitk
-from CovidCTAnalysisLib.model_folder import check_model_folder, load_model_folder, segmentation_channel_labels
-from CovidCTAnalysisLib.model_metadata import METADATA_FILE
+from CovidCTAnalysisLib.models.folder import check_model_folder, load_model_folder, segmentation_channel_labels
+from CovidCTAnalysisLib.models.metadata import METADATA_FILE
 
-from . import classifier_data as cdata
-from . import segmenter_data as sdata
-from .common import resolve_device, write_json
-from .metrics import classification_metrics, dice_hd95, summarise
+from training import classifier_data as cdata
+from training import segmenter_data as sdata
+from training.common import resolve_device, write_json
+from training.metrics import classification_metrics, dice_hd95, summarise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +72,11 @@ def _held_out(meta_raw: dict) -> set[str]:
 def evaluate_classifier(model, cases: list[cdata.ClassifierCase], device, t0: float) -> dict:
     """Patient-level metrics through ``classify.classify`` (volumes) or ``classify.aggregate`` (2-D)."""
     import torch
-    from CovidCTAnalysisLib.classify import aggregate, classify
-    from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
-    from CovidCTAnalysisLib.transforms import classifier_settings
+    from CovidCTAnalysisLib.inference.classify import aggregate, classify
+    from CovidCTAnalysisLib.models.transforms import classifier_settings
+    from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
-    from .classifier_slices import image_slices
+    from training.classifier_slices import image_slices
 
     meta = model.metadata
     names = [str(c) for c in meta.labels]
@@ -91,7 +91,7 @@ def evaluate_classifier(model, cases: list[cdata.ClassifierCase], device, t0: fl
         else:
             xs = image_slices(case, prep).x
             with torch.inference_mode():
-                from CovidCTAnalysisLib.transforms import classifier_normalize
+                from CovidCTAnalysisLib.models.transforms import classifier_normalize
 
                 sp = torch.softmax(model.module(classifier_normalize(xs, prep).to(device)), 1).cpu().numpy()
             p, n = aggregate(sp, names, prep["aggregation"]), len(xs)
@@ -111,8 +111,8 @@ def evaluate_classifier(model, cases: list[cdata.ClassifierCase], device, t0: fl
 
 def evaluate_segmenter(model, cases: list[sdata.SegCase], device, t0: float, sides: str = "warn") -> dict:
     """Per-class Dice (mean ± std) and HD95 through ``segment.segment`` on the input grid."""
-    from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
-    from CovidCTAnalysisLib.segment import segment
+    from CovidCTAnalysisLib.inference.segment import segment
+    from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
     meta = model.metadata
     chan = segmentation_channel_labels(meta)  # model channel -> our label value
@@ -148,14 +148,14 @@ def load_eval_cases(args, meta_raw: dict, t0: float):
     ns = SimpleNamespace(**{**vars(args), "output_dir": str(cache.parent), "cache_dir": str(cache),
                             "lung_mask": "threshold", "max_slices_per_case": None})
     if task == "classification":
-        from .train_classifier import load_cases
+        from training.train_classifier import load_cases
 
         if args.dataset in ("covid-ct-seg", "covid-19-20"):
             raise SystemExit(f"--dataset {args.dataset} has no classes; a classifier needs a classification dataset")
         cases, desc = load_cases(ns, log)
         ids = [c.patient_id for c in cases]
     else:
-        from .train_segmenter import load_cases
+        from training.train_segmenter import load_cases
 
         if args.dataset not in ("covid-ct-seg", "covid-19-20", "phantoms"):
             raise SystemExit(f"--dataset {args.dataset} has no voxel labels; a segmenter needs covid-ct-seg, "

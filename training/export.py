@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-from CovidCTAnalysisLib.model_folder import save_model_folder
-from CovidCTAnalysisLib.model_metadata import ModelMetadata
-from CovidCTAnalysisLib.networks import build_classifier, build_segmenter
+from CovidCTAnalysisLib.models.folder import save_model_folder
+from CovidCTAnalysisLib.models.metadata import ModelMetadata
+from CovidCTAnalysisLib.models.networks import build_classifier, build_segmenter
 
-from .common import CHECKPOINT_BEST, INTENDED_USE, git_commit, versions
-from .train_classifier import read_run
+from training.common import CHECKPOINT_BEST, INTENDED_USE, git_commit, versions
+from training.train_classifier import read_run
 
 NOT_EVALUATED = {"status": "not evaluated yet: run python -m training.evaluate --model-dir <this folder>"}
 
@@ -32,7 +32,7 @@ def trained_on_line(run: dict, demo: bool) -> str:
     """One line for every result made with the model."""
     ds = run["dataset"]
     if demo:
-        return (f"DEMO: synthetic chest phantoms (CovidCTAnalysisLib.phantom), seeds {ds.get('seeds')} "
+        return (f"DEMO: synthetic chest phantoms (CovidCTAnalysisLib.phantom.generator), seeds {ds.get('seeds')} "
                 f"({', '.join(ds.get('kinds', []))}); not real patients")
     n = sum(ds.get("patients", {}).values()) if isinstance(ds.get("patients"), dict) else ds.get("cases")
     return f"{ds.get('name')}: {n} patients/cases, split {run['split']['train_fraction']:.0%} train by patient"

@@ -61,7 +61,7 @@ def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | 
     ``spacing`` (isotropic mm) or ``size`` (voxels a side) force the grid; otherwise the
     phantom's own seed-dependent grid is used.
     """
-    from CovidCTAnalysisLib.phantom import KINDS, make_phantom
+    from CovidCTAnalysisLib.phantom.generator import KINDS, make_phantom
 
     if kind not in KINDS:
         raise ValueError(f"phantom kind {kind!r}; expected one of {KINDS}")

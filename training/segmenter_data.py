@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .phantom_cache import phantom_set
+from training.phantom_cache import phantom_set
 
 RADIOPAEDIA_WINDOW = (-1250.0, 250.0)  # Ma et al. README: lung window then scaled to 0..255
 # Model channel names per mask kind (the core's model_folder matches these names).

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from CovidCTAnalysisLib.transforms import segmenter_preprocess, segmenter_settings
+from CovidCTAnalysisLib.models.transforms import segmenter_preprocess, segmenter_settings
 
-from .segmenter_data import SegCase, read_image_hu, read_label
+from training.segmenter_data import SegCase, read_image_hu, read_label
 
 
 def prepare_case(case: SegCase, preprocessing: dict, n_labels: int, sides: str = "warn",
@@ -24,8 +24,8 @@ def prepare_case(case: SegCase, preprocessing: dict, n_labels: int, sides: str =
     if label.GetSize() != image.GetSize():
         raise ValueError(f"{case.case_id}: label size {label.GetSize()} differs from image size {image.GetSize()}")
     label.CopyInformation(image)  # masks are sometimes saved with rounded geometry
-    from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
-    from CovidCTAnalysisLib.segment import lung_box_with_margin
+    from CovidCTAnalysisLib.inference.segment import lung_box_with_margin
+    from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
     lungs = label if case.lungs_labelled else segment_lungs(image)
     box = lung_box_with_margin(image, lung_extent(lungs), float(p["margin_mm"]))

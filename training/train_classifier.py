@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from CovidCTAnalysisLib.constants import CLASS_NAMES, DEFAULT_CLASSIFIER_WINDOWS
-from CovidCTAnalysisLib.networks import build_classifier, sha256_file
-from CovidCTAnalysisLib.transforms import classifier_settings, classifier_train_transforms
+from CovidCTAnalysisLib.models.networks import build_classifier, sha256_file
+from CovidCTAnalysisLib.models.transforms import classifier_settings, classifier_train_transforms
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import classifier_data as cdata
-from .classifier_slices import NORMAL, SliceDataset, case_slices
-from .common import (
+from training import classifier_data as cdata
+from training.classifier_slices import NORMAL, SliceDataset, case_slices
+from training.common import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
     Precision,
@@ -44,9 +44,9 @@ from .common import (
     wrap_ddp,
     write_json,
 )
-from .metrics import classification_metrics, confusion_figure
-from .phantom_cache import parse_seeds
-from .splits import DEFAULT_TRAIN_FRACTION, split_cases
+from training.metrics import classification_metrics, confusion_figure
+from training.phantom_cache import parse_seeds
+from training.splits import DEFAULT_TRAIN_FRACTION, split_cases
 
 RUN_FILE = "run.json"
 
@@ -82,7 +82,7 @@ def load_cases(args, log=None) -> tuple[list[cdata.ClassifierCase], dict]:
         seeds = parse_seeds(args.phantom_seeds)
         cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
         cases = cdata.phantom_cases(kinds, seeds, cache, spacing=args.phantom_spacing, log=log)
-        desc = {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom)", "kinds": kinds,
+        desc = {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom.generator)", "kinds": kinds,
                 "seeds": args.phantom_seeds, "spacing_mm": args.phantom_spacing}
     elif d == "folders":
         cases = cdata.folders_cases(Path(_need(args.data_root, "--data-root")),

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from CovidCTAnalysisLib.networks import DEFAULT_SEGMENTER_CHANNELS, DEFAULT_SEGMENTER_STRIDES, build_segmenter
-from CovidCTAnalysisLib.transforms import get_segmenter_transforms, roi_size_zyx, segmenter_settings
+from CovidCTAnalysisLib.models.networks import DEFAULT_SEGMENTER_CHANNELS, DEFAULT_SEGMENTER_STRIDES, build_segmenter
+from CovidCTAnalysisLib.models.transforms import get_segmenter_transforms, roi_size_zyx, segmenter_settings
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import segmenter_data as sdata
-from .common import (
+from training import segmenter_data as sdata
+from training.common import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
     Precision,
@@ -41,10 +41,10 @@ from .common import (
     wrap_ddp,
     write_json,
 )
-from .phantom_cache import parse_seeds
-from .segmenter_prepare import prepare_case
-from .splits import DEFAULT_TRAIN_FRACTION, split_cases
-from .train_classifier import RUN_FILE, make_optimizer
+from training.phantom_cache import parse_seeds
+from training.segmenter_prepare import prepare_case
+from training.splits import DEFAULT_TRAIN_FRACTION, split_cases
+from training.train_classifier import RUN_FILE, make_optimizer
 
 PAPER_LR = {2: 5e-4, 4: 1e-4}
 
@@ -116,7 +116,7 @@ def load_cases(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
         kinds = [k.strip() for k in args.phantom_kinds.split(",") if k.strip()]
         cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
         cases = sdata.phantom_seg_cases(kinds, parse_seeds(args.phantom_seeds), cache, args.phantom_spacing, log)
-        return cases, {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom)", "kinds": kinds,
+        return cases, {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom.generator)", "kinds": kinds,
                        "seeds": args.phantom_seeds, "spacing_mm": args.phantom_spacing}, "lung_and_infection"
     if not args.data_root:
         raise SystemExit("--data-root is required for this --dataset")

@@ -19,10 +19,10 @@ import json
 import time
 
 import numpy as np
-from CovidCTAnalysisLib.model_folder import check_model_folder, load_model_folder
-from CovidCTAnalysisLib.model_metadata import METADATA_FILE
+from CovidCTAnalysisLib.models.folder import check_model_folder, load_model_folder
+from CovidCTAnalysisLib.models.metadata import METADATA_FILE
 
-from .common import resolve_device, write_json
+from training.common import resolve_device, write_json
 
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
@@ -33,7 +33,7 @@ def candidates() -> list[dict]:
 
 def score(slice_probs: list[np.ndarray], truth: list[int], class_names: list[str]) -> list[dict]:
     """Patient accuracy and mean true-class probability of every candidate rule."""
-    from CovidCTAnalysisLib.classify import aggregate
+    from CovidCTAnalysisLib.inference.classify import aggregate
 
     rows = []
     for agg in candidates():
@@ -50,7 +50,7 @@ def best(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .evaluate import build_parser, load_eval_cases, open_model_dir
+    from training.evaluate import build_parser, load_eval_cases, open_model_dir
 
     p = build_parser()
     p.prog, p.description = "python -m training.tune_aggregation", __doc__.split("\n")[0]
@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, raw = open_model_dir(args)
     if raw["task"] != "classification":
         raise SystemExit(f"{model_dir} is a {raw['task']} model; aggregation tuning is for classifiers")
-    from CovidCTAnalysisLib.classify import classify
-    from CovidCTAnalysisLib.lungs_threshold import lung_extent, segment_lungs
+    from CovidCTAnalysisLib.inference.classify import classify
+    from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
 
-    from . import classifier_data as cdata
+    from training import classifier_data as cdata
 
     device = resolve_device(args.device)
     model = load_model_folder(model_dir, device)

@@ -23,9 +23,9 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from .constants import COVID_CLASS, LEFT_LUNG, RIGHT_LUNG
-from .errors import DicomSegError, InputError
-from .progress import Progress
+from CovidCTAnalysisLib.constants import COVID_CLASS, LEFT_LUNG, RIGHT_LUNG
+from CovidCTAnalysisLib.errors import DicomSegError, InputError
+from CovidCTAnalysisLib.progress import Progress
 
 METHODS = ("model", "threshold")
 # Heavy imports the model path needs (several seconds on 2 cores); imported in a background
@@ -97,7 +97,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress, warnings: list[str]):
     """``volume`` with a note when it shows little lung (also logged, and added to ``warnings``)."""
-    from .input_checks import lung_coverage_note
+    from CovidCTAnalysisLib.loading.checks import lung_coverage_note
 
     note = lung_coverage_note(left_ml, right_ml)
     if note is None:
@@ -120,10 +120,10 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
     ``method="threshold"`` skips classification and segments by HU thresholds.
     Raises a ``CovidCTError`` subclass (nothing written) when anything is wrong.
     """
-    from . import outputs, report, statistics
-    from .device import describe_device, select_device
-    from .io_load import load_ct
-    from .preview import write_preview
+    from CovidCTAnalysisLib.loading.load import load_ct
+    from CovidCTAnalysisLib.models.device import describe_device, select_device
+    from CovidCTAnalysisLib.results import outputs, report, statistics
+    from CovidCTAnalysisLib.results.preview import write_preview
 
     progress = progress or Progress()
     stage = _Stages()
@@ -144,7 +144,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
 
     registry = cls_meta = seg_meta = None
     if method == "model":
-        from .model_registry import ModelRegistry
+        from CovidCTAnalysisLib.models.registry import ModelRegistry
 
         registry = ModelRegistry(root=models_dir)
         cls_meta = registry.resolve("classification", classifier)
@@ -161,7 +161,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         if volume.dicom is None:
             raise DicomSegError(f"--dicom-seg required, but the input {input_path} is {volume.source_format}, not a "
                                 "DICOM series; a DICOM SEG must reference DICOM images")
-        from .dicom_seg import seg_reference_problem
+        from CovidCTAnalysisLib.results.dicom_seg import seg_reference_problem
 
         problem = seg_reference_problem(volume.dicom)
         if problem:
@@ -179,8 +179,8 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
     model_metas = []
     seg_reason = ""
     if method == "model":
-        from .classify import classify
-        from .lungs_threshold import compare_lungs, lung_extent, segment_lungs
+        from CovidCTAnalysisLib.inference.classify import classify
+        from CovidCTAnalysisLib.threshold.lungs import compare_lungs, lung_extent, segment_lungs
 
         progress.step("lungs", 0.08, "Locating the lungs (HU threshold)")
         with stage("lungs_threshold"):
@@ -200,7 +200,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
         seg_reason = (f"--segment {segment}" if segment != "auto"
                       else f"--segment auto and the class is {classification.label}")
         if run_seg:
-            from .segment import segment as run_segmenter
+            from CovidCTAnalysisLib.inference.segment import segment as run_segmenter
 
             with stage("segmenter_load"):
                 seg_model = registry.load(seg_meta, device=dev)
@@ -216,7 +216,7 @@ def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "mo
                 warnings.append(f"lung cross-check: {crosscheck.get('message')}")
     else:
         if segment != "never":
-            from .lesions_threshold import threshold_labelmap
+            from CovidCTAnalysisLib.threshold.lesions import threshold_labelmap
 
             progress.step("segment", 0.1, "Segmenting lungs and lesions (HU thresholds)")
             with stage("segment"):
@@ -283,7 +283,7 @@ def _write_dicom_seg(labelmap, volume, path: Path, model_metas: list, seg_reason
     """Try the DICOM SEG; return the report's ``dicom_seg`` section {written, reason, path}."""
     if labelmap is None:
         return {"written": False, "reason": f"no segmentation was made ({seg_reason})", "path": None}
-    from .dicom_seg import write_dicom_seg
+    from CovidCTAnalysisLib.results.dicom_seg import write_dicom_seg
 
     result = write_dicom_seg(labelmap, volume.dicom, path, model_metas)
     return {"written": bool(result.written), "reason": result.reason,

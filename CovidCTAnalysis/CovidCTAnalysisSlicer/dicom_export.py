@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .results import modelsFromSegmentationNode
-from .segmentations import referenceLabelmapFromSegmentationNode
+from CovidCTAnalysisSlicer.results import modelsFromSegmentationNode
+from CovidCTAnalysisSlicer.segmentations import referenceLabelmapFromSegmentationNode
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 
@@ -55,8 +55,8 @@ def exportDicomSeg(segmentationNode, volumeNode, instanceFiles: list[str], outpu
     The segments are mapped to the core's labels by name (as for a reference) on
     the volume's grid, so edits made in Segment Editor are exported too.
     """
-    from CovidCTAnalysisLib.dicom_seg import write_dicom_seg
-    from CovidCTAnalysisLib.dicom_series import dicom_source_from_files
+    from CovidCTAnalysisLib.loading.dicom_series import dicom_source_from_files
+    from CovidCTAnalysisLib.results.dicom_seg import write_dicom_seg
 
     labelmap = referenceLabelmapFromSegmentationNode(segmentationNode, volumeNode)
     source = dicom_source_from_files([Path(f) for f in instanceFiles])

@@ -32,7 +32,7 @@ def listModelChoices(task: str, modelsDir: str = "") -> tuple[list[ModelChoice],
     ``default`` and listed first, so that the panel shows which one runs.
     """
     try:
-        from CovidCTAnalysisLib.model_registry import ModelRegistry
+        from CovidCTAnalysisLib.models.registry import ModelRegistry
     except ImportError as e:
         return [], f"Models cannot be listed yet ({e.name or e} is not installed); press Analyze to install the requirements."
     registry = ModelRegistry(modelsDir or None)

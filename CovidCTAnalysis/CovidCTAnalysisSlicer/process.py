@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .progress_events import ProgressEvent, formatLogLine, parseProgressLine
+from CovidCTAnalysisSlicer.progress_events import ProgressEvent, formatLogLine, parseProgressLine
 
 SEGMENT_POLICIES = ("auto", "always")
 DEVICES = ("auto", "cpu", "cuda")

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTAnalysisLib import INTENDED_USE, constants
-from CovidCTAnalysisLib.outputs import REPORT_JSON, SEG_NRRD
+from CovidCTAnalysisLib.results.outputs import REPORT_JSON, SEG_NRRD
 
-from .segmentations import loadSegNrrdIntoSegmentationNode
-from .tables import updateTableNodeFromReport
+from CovidCTAnalysisSlicer.segmentations import loadSegNrrdIntoSegmentationNode
+from CovidCTAnalysisSlicer.tables import updateTableNodeFromReport
 
 SOURCE_VOLUME_ATTRIBUTE = "CovidCTAnalysis.SourceVolumeID"
 ROLE_ATTRIBUTE = "CovidCTAnalysis.Role"

@@ -18,11 +18,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .process import AnalysisProcess, AnalyzeOptions, buildAnalyzeCommand, environmentWithModulePath
-from .progress_events import ProgressEvent
-from .results import AnalysisResults, applyAnalysisOutputs
-from .segmentations import referenceLabelmapFromSegmentationNode
-from .volumes import writeVolumeNodeForCore
+from CovidCTAnalysisSlicer.process import (
+    AnalysisProcess,
+    AnalyzeOptions,
+    buildAnalyzeCommand,
+    environmentWithModulePath,
+)
+from CovidCTAnalysisSlicer.progress_events import ProgressEvent
+from CovidCTAnalysisSlicer.results import AnalysisResults, applyAnalysisOutputs
+from CovidCTAnalysisSlicer.segmentations import referenceLabelmapFromSegmentationNode
+from CovidCTAnalysisSlicer.volumes import writeVolumeNodeForCore
 
 INPUT_FILE = "input.nrrd"
 REFERENCE_FILE = "reference.nii.gz"

@@ -18,7 +18,7 @@ import vtk
 from CovidCTAnalysisLib import constants
 from vtk.util import numpy_support
 
-from .volumes import addVolumeNodeFromSitkImage, sitkImageFromVolumeNode
+from CovidCTAnalysisSlicer.volumes import addVolumeNodeFromSitkImage, sitkImageFromVolumeNode
 
 EXPECTED_SEGMENTS = tuple(constants.LABEL_NAMES[label] for label in sorted(constants.LABEL_NAMES))
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-from .segmentations import segmentationNodeFromLabelmap
-from .tables import rowsFromTableNode, statisticsRows
-from .volumes import addVolumeNodeFromSitkImage
+from CovidCTAnalysisSlicer.segmentations import segmentationNodeFromLabelmap
+from CovidCTAnalysisSlicer.tables import rowsFromTableNode, statisticsRows
+from CovidCTAnalysisSlicer.volumes import addVolumeNodeFromSitkImage
 
 
 def addPhantomToScene(scene, kind: str = "covid", seed: int = 7, size=None):
     """A synthetic phantom as a volume node plus its truth as a segmentation node: (phantom, volume, truth)."""
-    from CovidCTAnalysisLib.phantom import make_phantom
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
 
     phantom = make_phantom(kind, seed, size=size)
     volumeNode = addVolumeNodeFromSitkImage(scene, phantom.image, f"{kind} phantom {seed}")

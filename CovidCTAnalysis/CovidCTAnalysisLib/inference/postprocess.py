@@ -1,0 +1,211 @@
+"""Clean-up of a network's labelmap (1 = left lung, 2 = right lung, 3 = lesion).
+
+In this order:
+
+1. **Stray pieces.** Connected pieces of the lung region (labels 1-3 together) smaller
+   than ``min_fraction`` of the largest piece are removed (specks in the bowel, the
+   table, the airway), except the main piece of each lung label, so a small or
+   collapsed lung survives. Lungs joined at the anterior junction stay one piece.
+2. **Left/right.** The centroids of labels 1 and 2 are compared in patient (LPS)
+   coordinates: LPS +x is the patient's left, so label 1 must lie at larger x. If it
+   does not, 1 and 2 are swapped and a note says so.
+3. **Largest lung components.** Per lung label, pieces smaller than ``min_fraction`` of
+   that label's largest piece that touch the other lung take the other lung's label
+   (mislabelled islands); others stay (lung cut off by a lesion is still lung).
+4. **Lesions in the lungs.** Lesion pieces (connected components) that come nowhere
+   nearer than ``lesion_margin_mm`` to the lungs are removed: a lesion lies in or against
+   aerated lung, while a dense piece apart from it is chest wall, heart or bowel. A piece
+   that reaches the lungs is kept whole, however far it extends: a consolidated lobe lies
+   up to 5-6 cm from the nearest aerated lung (measured on the pneumonia phantoms), and
+   trimming by distance cut up to half of such a lobe from the truth itself. "The lungs"
+   are labels 1 and 2 with the holes of each axial slice filled; distances are measured
+   on ~2.5 mm blocks (up to one block lenient).
+
+The work happens in the bounding box of the labels (plus the margin), so the cost
+follows the lungs, not the field of view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
+
+MIN_FRACTION = 0.1
+LESION_MARGIN_MM = 10.0
+
+
+def _bbox(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, slice, slice] | None:
+    if not mask.any():
+        return None
+    out = []
+    for axis in range(3):
+        nz = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        out.append(slice(max(0, nz[0] - pad[axis]), min(mask.shape[axis], nz[-1] + 1 + pad[axis])))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _physical_x_of_centroid(mask: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> float:
+    """LPS x (mm) of the centroid of ``mask`` (a (z, y, x) box starting at ``offset`` of ``image``)."""
+    total = float(mask.sum())
+    idx_zyx = []
+    for axis in range(3):  # projections instead of np.nonzero: no index arrays of millions of voxels
+        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+        idx_zyx.append(float((np.arange(profile.size) * profile).sum()) / total + offset[axis])
+    point = image.TransformContinuousIndexToPhysicalPoint(tuple(idx_zyx[::-1]))
+    return float(point[0])
+
+
+def _drop_small_pieces(sub: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
+    """Mask of the pieces of ``sub > 0`` at least ``min_fraction`` of the largest, plus the main piece
+    of each lung label (a small or collapsed lung is never dropped); and how many were dropped."""
+    lab, n = ndi.label(sub > 0)
+    if n <= 1:
+        return sub > 0, 0
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max()
+    for value in (LEFT_LUNG, RIGHT_LUNG):
+        counts = np.bincount(lab[sub == value], minlength=n + 1)
+        counts[0] = 0
+        if counts.any():
+            keep[int(np.argmax(counts))] = True
+    keep[0] = False
+    return keep[lab], int(n - keep.sum())
+
+
+def _outside_lungs(lungs: np.ndarray, spacing_zyx, distance_mm: float, axial_axis: int,
+                   block_mm: float = 2.5) -> np.ndarray:
+    """Voxels farther than about ``distance_mm`` from the lungs with their axial holes filled.
+
+    Filling the holes of each axial slice first makes a lesion that the lung surrounds in
+    that slice count as inside, however thick it is. The work runs on blocks of about
+    ``block_mm`` (a block counts if any voxel of it is lung), ~ 20x cheaper than at 0.7 mm,
+    erring by less than one block towards keeping voxels: fine for a margin, not a measurement.
+    """
+    f = [max(1, int(block_mm // s)) for s in spacing_zyx]
+    shape = lungs.shape
+    padded = np.pad(lungs, [(0, (-n) % k) for n, k in zip(shape, f, strict=True)])
+    blocks = padded.reshape(padded.shape[0] // f[0], f[0], padded.shape[1] // f[1], f[1],
+                            padded.shape[2] // f[2], f[2]).any(axis=(1, 3, 5))
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[tuple(1 if a == axial_axis else slice(None) for a in range(3))] = ndi.generate_binary_structure(2, 1)
+    blocks = ndi.binary_fill_holes(np.pad(blocks, 1), structure=in_plane)[1:-1, 1:-1, 1:-1]
+    far = ndi.distance_transform_edt(~blocks, sampling=[s * k for s, k in zip(spacing_zyx, f, strict=True)])
+    far = far > distance_mm
+    for axis, k in enumerate(f):
+        far = np.repeat(far, k, axis=axis) if k > 1 else far
+    return far[: shape[0], : shape[1], : shape[2]]
+
+
+def _touches(lab: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
+    """Per component id of ``lab`` (0..n): whether a face neighbour of it lies in ``other``.
+
+    Six shifted comparisons instead of a dilation and ``ndi.maximum`` (which sorts all
+    voxels by label): a few vectorised passes, ~ 10x faster on a CT-sized crop.
+    """
+    hit = np.zeros(n + 1, dtype=bool)
+    for axis in range(3):
+        for a, b in ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))):
+            sa = tuple(a if k == axis else slice(None) for k in range(3))
+            sb = tuple(b if k == axis else slice(None) for k in range(3))
+            ids = lab[sa][other[sb]]
+            hit[ids[ids > 0]] = True
+    return hit
+
+
+def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
+    """Step 3 in place; returns how many islands changed label."""
+    changed = 0
+    for value, other in ((LEFT_LUNG, RIGHT_LUNG), (RIGHT_LUNG, LEFT_LUNG)):
+        lab, n = ndi.label(sub == value)
+        if n <= 1:
+            continue
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        small = np.nonzero(sizes < min_fraction * sizes.max())[0]
+        small = small[small > 0]
+        if small.size == 0:
+            continue
+        touching = small[_touches(lab, sub == other, n)[small]]
+        if touching.size:
+            table = np.zeros(n + 1, dtype=bool)
+            table[touching] = True
+            sub[table[lab]] = other
+            changed += int(touching.size)
+    return changed
+
+
+def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
+                           lesion_margin_mm: float = LESION_MARGIN_MM,
+                           restrict_lesions: bool = True) -> tuple[sitk.Image, list[str]]:
+    """``postprocess_labelmap`` that also returns what it changed, one sentence per change."""
+    arr = sitk.GetArrayFromImage(labels).astype(np.uint8, copy=False)
+    if arr.size and arr.max() > LESION:
+        values = np.nonzero(np.bincount(arr.ravel()))[0]
+        raise ValueError(f"labelmap holds values {values.tolist()}; expected only 0, 1, 2, 3")
+    notes: list[str] = []
+    spacing_zyx = labels.GetSpacing()[::-1]
+    pad = tuple(int(np.ceil(lesion_margin_mm / s)) + 1 for s in spacing_zyx)
+    box = _bbox(arr > 0, pad)
+    if box is None:
+        return _wrap(arr, labels), notes
+    sub = arr[box]  # a view: edits land in arr
+    offset = tuple(s.start for s in box)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+
+    keep, dropped = _drop_small_pieces(sub, min_fraction)
+    if dropped:
+        removed = int(((sub > 0) & ~keep).sum())
+        sub[~keep] = 0
+        notes.append(f"removed {dropped} stray piece(s) of {removed * voxel_ml:.1f} mL outside the main lung region")
+
+    if (sub == LEFT_LUNG).any() and (sub == RIGHT_LUNG).any():
+        x_left = _physical_x_of_centroid(sub == LEFT_LUNG, labels, offset)
+        x_right = _physical_x_of_centroid(sub == RIGHT_LUNG, labels, offset)
+        if x_left < x_right:  # LPS +x is the patient's left: label 1 must lie at larger x
+            left = sub == LEFT_LUNG
+            sub[sub == RIGHT_LUNG] = LEFT_LUNG
+            sub[left] = RIGHT_LUNG
+            notes.append(f"left/right lung labels were reversed (label 1 centroid at LPS x {x_left:.0f} mm, label 2 "
+                         f"at {x_right:.0f} mm; the patient's left is +x) and have been swapped")
+
+    changed = _relabel_islands(sub, min_fraction)
+    if changed:
+        notes.append(f"{changed} small island(s) labelled as one lung inside the other lung were relabelled")
+
+    lungs = (sub == LEFT_LUNG) | (sub == RIGHT_LUNG)
+    if restrict_lesions and (sub == LESION).any():
+        lesion = sub == LESION
+        pieces, n = ndi.label(lesion)
+        if lungs.any():
+            d = np.abs(np.array(labels.GetDirection()).reshape(3, 3))
+            axial_axis = 2 - int(np.argmax(d[2, :]))  # array axis closest to the patient's S-I axis
+            near = lesion & ~_outside_lungs(lungs, spacing_zyx, lesion_margin_mm, axial_axis)
+            touching = np.zeros(n + 1, dtype=bool)
+            touching[np.unique(pieces[near])] = True
+            touching[0] = False
+            apart = lesion & ~touching[pieces]
+        else:
+            apart = lesion
+        if apart.any():
+            n_apart = len(np.unique(pieces[apart]))
+            sub[apart] = 0
+            notes.append(f"removed {apart.sum() * voxel_ml:.1f} mL of lesion in {n_apart} piece(s) farther than "
+                         f"{lesion_margin_mm:g} mm from the lungs")
+    return _wrap(arr, labels), notes
+
+
+def postprocess_labelmap(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
+                         lesion_margin_mm: float = LESION_MARGIN_MM, restrict_lesions: bool = True) -> sitk.Image:
+    """Clean a uint8 1/2/3 labelmap (module doc): stray pieces, left/right by patient coordinates,
+    mislabelled islands, lesion pieces apart from the lungs. Same grid as the input."""
+    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions)[0]
+
+
+def _wrap(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(arr.astype(np.uint8, copy=False))
+    out.CopyInformation(reference)
+    return out
