@@ -1,7 +1,8 @@
 """Synthetic chest phantoms for training, cached on disk.
 
-``make_phantom`` (the core's ``phantom.py``) is deterministic for a seed, so a phantom
-generated once is written as NIfTI under a cache folder and read back afterwards.
+``make_phantom`` (the core's ``phantom/generator.py``) is deterministic for a seed and a
+``PHANTOM_VERSION``, so a phantom generated once is written as NIfTI under a cache folder (the
+version in its name) and read back afterwards.
 Phantom kinds map to classes: normal -> Normal, pneumonia -> Pneumonia, covid -> COVID-19.
 """
 
@@ -50,7 +51,11 @@ def _tag(spacing: float | None, size: int | None) -> str:
 
 
 def _paths(kind: str, seed: int, cache_dir: str | Path, spacing: float | None, size: int | None) -> tuple[Path, Path]:
-    stem = Path(cache_dir) / f"phantom_{kind}_{seed}_{_tag(spacing, size)}"
+    """The cache files of one phantom. The name carries the generator's ``PHANTOM_VERSION``, which changes
+    whenever a seed's output changes, so phantoms of an older generator are never read back."""
+    from CovidCTAnalysisLib.phantom import generator
+
+    stem = Path(cache_dir) / f"phantom_v{generator.PHANTOM_VERSION}_{kind}_{seed}_{_tag(spacing, size)}"
     return Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_truth.nii.gz")
 
 
