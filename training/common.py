@@ -20,6 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from CovidCTAnalysisLib import files
+from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.files import atomic_path
+from CovidCTAnalysisLib.models.device import select_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_LAST = "checkpoint_last.pt"
@@ -70,17 +74,16 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA (this rank's GPU) when present, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise SystemExit(f"--device {name!r}: expected auto, cuda or cpu")
-    return torch.device("cpu")
+    """The core's ``select_device`` (``auto`` picks CUDA when present, else the CPU); CUDA means this
+    rank's GPU (``local_rank``) unless an index is given."""
+    try:
+        device = select_device(name)
+    except InputError as exc:
+        raise SystemExit(str(exc)) from exc
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    return device
 
 
 def setup_run(output_dir: str | Path, seed: int, device: str = "auto", threads: int | None = None) -> RunContext:
@@ -190,9 +193,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "torch_rng": torch.get_rng_state(),
         "extra_json": json.dumps(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -245,10 +247,8 @@ def command_line() -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSON write, NaN refused (the core's ``files.write_json``)."""
+    files.write_json(path, obj)
 
 
 class Precision:

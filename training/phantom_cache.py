@@ -66,6 +66,7 @@ def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | 
     ``spacing`` (isotropic mm) or ``size`` (voxels a side) force the grid; otherwise the
     phantom's own seed-dependent grid is used.
     """
+    from CovidCTAnalysisLib.files import atomic_path
     from CovidCTAnalysisLib.phantom.generator import KINDS, make_phantom
 
     if kind not in KINDS:
@@ -81,9 +82,8 @@ def phantom_files(kind: str, seed: int, cache_dir: str | Path, spacing: float | 
         ph = make_phantom(kind, seed, **kwargs)
         # write then rename, so a half-written cache file is never read back
         for img, path in ((ph.image, image_path), (ph.truth, truth_path)):
-            tmp = path.with_name(f".{os.getpid()}.{path.name}")
-            sitk.WriteImage(img, str(tmp), True)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                sitk.WriteImage(img, str(tmp), True)
     return PhantomFiles(kind=kind, seed=seed, image=image_path, truth=truth_path)
 
 

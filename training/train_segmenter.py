@@ -183,7 +183,8 @@ def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> 
         if i == 0:
             overlay = overlay_image(d["image"][0], pred[0, 0].numpy(), d["label"][0])
     per_class = torch.nanmean(torch.stack(rows), dim=0).numpy().tolist()
-    return {str(k + 1): float(v) for k, v in enumerate(per_class)}, overlay
+    # a label absent from every validation case has no Dice: None (JSON null), never NaN
+    return {str(k + 1): (float(v) if np.isfinite(v) else None) for k, v in enumerate(per_class)}, overlay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,25 +269,28 @@ def main(argv: list[str] | None = None) -> int:
         dice, is_best = None, False
         if ctx.is_main and val_data and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             dice, overlay = validate(unwrap(model), val_data, prep, n_labels, ctx.device)
-            mean = float(np.nanmean(list(dice.values())))
+            scored = [v for v in dice.values() if v is not None]
+            mean = float(np.mean(scored)) if scored else None
             entry.update({"val_dice": {labels[k]: v for k, v in dice.items()}, "val_mean_dice": mean})
-            for k, v in dice.items():
+            for k, v in ((k, v) for k, v in dice.items() if v is not None):
                 tb.scalar(f"dice/val_{labels[k].replace(' ', '_').lower()}", v, epoch)
             if overlay is not None:
                 tb.image("overlay/val_prediction_vs_truth", overlay, epoch)
-            is_best = best is None or mean > best
-            best = mean if is_best else best
+            rank = mean if mean is not None else -train_loss  # no label in any validation case: the loss
+            is_best = best is None or rank > best
+            best = rank if is_best else best
         elif ctx.is_main and not val_data:
             is_best, best = True, -train_loss  # no validation cases: keep the last
         history.append(entry)
         tb.scalar("loss/train", train_loss, epoch)
         if ctx.is_main:
-            metric = entry.get("val_mean_dice", -train_loss)
+            metric = entry.get("val_mean_dice")
+            metric = -train_loss if metric is None else metric
             save_checkpoint(out / CHECKPOINT_LAST, model, opt, epoch, metric, best, {"history": history})
             if is_best:
                 save_checkpoint(out / CHECKPOINT_BEST, model, opt, epoch, metric, best, {"history": history})
         ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}"
-                + (f" val Dice {', '.join(f'{labels[k]} {v:.3f}' for k, v in dice.items())}" if dice else "")
+                + (f" val Dice {', '.join(f'{labels[k]} ' + ('n/a' if v is None else f'{v:.3f}') for k, v in dice.items())}" if dice else "")
                 + (" (best)" if is_best and dice else ""))
         barrier(ctx)
     tb.close()

@@ -7,10 +7,6 @@ safetensors (no pickle), and only after their sha256 matched the metadata.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,7 @@ import torch
 
 from CovidCTAnalysisLib.constants import BACKGROUND, LABEL_NAMES
 from CovidCTAnalysisLib.errors import ModelError, OutputError
+from CovidCTAnalysisLib.files import atomic_dir, write_json
 from CovidCTAnalysisLib.models.metadata import (
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -26,10 +23,11 @@ from CovidCTAnalysisLib.models.metadata import (
     read_metadata,
     validate_metadata,
 )
-from CovidCTAnalysisLib.models.networks import build_classifier, build_segmenter, sha256_file
+from CovidCTAnalysisLib.models.interactive_settings import interactive_settings
+from CovidCTAnalysisLib.models.networks import build_classifier, build_interactive, build_segmenter, sha256_file
 from CovidCTAnalysisLib.models.transforms import validate_preprocessing
 
-ARCHITECTURES = {"classification": ("resnet50",), "segmentation": ("monai.UNet",)}
+ARCHITECTURES = {"classification": ("resnet50",), "segmentation": ("monai.UNet",), "interactive": ("monai.UNet",)}
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,10 @@ def check_metadata(meta: ModelMetadata, where: str) -> None:
     """Checks beyond ``validate_metadata``: architecture, preprocessing, labels, for this core."""
     _check_architecture(meta, where)
     try:
-        validate_preprocessing(meta.task, meta.preprocessing)
+        if meta.task == "interactive":
+            interactive_settings(meta.preprocessing)
+        else:
+            validate_preprocessing(meta.task, meta.preprocessing)
     except ModelError as e:
         raise ModelError(f"{where}: {e}") from e
     if meta.task == "classification":
@@ -99,6 +100,8 @@ def build_module(meta: ModelMetadata) -> torch.nn.Module:
             kwargs.pop("pretrained_path", None)  # the installed weights replace any ImageNet start
             kwargs.pop("pretrained_sha256", None)
             return build_classifier(**kwargs)
+        if meta.task == "interactive":
+            return build_interactive(**kwargs)
         kwargs.setdefault("n_labels", len(meta.labels))
         return build_segmenter(**kwargs)
     except TypeError as e:
@@ -175,9 +178,7 @@ def save_model_folder(module: torch.nn.Module, metadata: dict[str, Any], out_dir
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise OutputError(f"model folder {out_dir} exists; pass force=True (--force) to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         raw = _fill_versions(metadata)
@@ -187,25 +188,8 @@ def save_model_folder(module: torch.nn.Module, metadata: dict[str, Any], out_dir
         # Refuse weights that do not fit the architecture the metadata names: a folder must load.
         with torch.device("meta"):
             _load_into(build_module(meta), state, meta, "the module's weights", assign=True)
-        (tmp / METADATA_FILE).write_text(json.dumps(meta.raw, indent=2, sort_keys=True) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            write_json(tmp / METADATA_FILE, meta.raw, sort_keys=True)
+        except ValueError as exc:  # NaN/inf (e.g. a Dice over empty masks): refused, not written
+            raise ModelError(f"metadata for {out_dir}: {exc}") from exc
     return meta
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        if old is not None:
-            os.replace(old, dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

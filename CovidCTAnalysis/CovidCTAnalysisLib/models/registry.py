@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from CovidCTAnalysisLib.errors import ModelError
+from CovidCTAnalysisLib.files import atomic_dir
 from CovidCTAnalysisLib.models.metadata import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, read_metadata
 
 # Listing and resolving models reads metadata.json only; torch (through models.folder) is imported when a
@@ -188,7 +188,7 @@ class ModelRegistry:
         An installed id@version with different weights is refused unless ``force``; the same
         weights again is a no-op. The copy is verified before it is renamed into place.
         """
-        from CovidCTAnalysisLib.models.folder import check_model_folder, replace_dir
+        from CovidCTAnalysisLib.models.folder import check_model_folder
 
         src = Path(path).expanduser()
         if not src.is_dir():
@@ -207,16 +207,10 @@ class ModelRegistry:
                 raise ModelError(f"{meta.id}@{meta.version} is already installed in {dst} with different weights "
                                  f"(sha256 {current.sha256 if current else 'unreadable'}); use --force to replace it, "
                                  "or give the new model another version.")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{meta.version}.", dir=dst.parent))
-        try:
+        with atomic_dir(dst) as tmp:
             for name in (METADATA_FILE, WEIGHTS_FILE):
                 shutil.copyfile(src / name, tmp / name)
             check_model_folder(tmp)  # the copy, not just the source, must match
-            replace_dir(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return meta
 
     def install_all(self, path: Path | str, force: bool = False) -> list[ModelMetadata]:

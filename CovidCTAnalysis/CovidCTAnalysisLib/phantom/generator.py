@@ -19,8 +19,6 @@ every forced grid.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from scipy import ndimage
 
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.errors import InputError, OutputError
+from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.loading.volume import voxel_volume_ml
 from CovidCTAnalysisLib.phantom.anatomy import render_anatomy
 from CovidCTAnalysisLib.phantom.body import Anatomy
@@ -326,19 +325,10 @@ def write_phantom(phantom: Phantom, out_dir: Path, force: bool = False) -> dict[
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create phantom output folder {out_dir}: {e}") from e
-    temps: dict[str, Path] = {}
-    try:
-        for key, img in (("image", phantom.image), ("truth", phantom.truth)):
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".nii.gz", dir=out_dir)
-            os.close(fd)
-            temps[key] = Path(tmp)
-            sitk.WriteImage(img, str(tmp), useCompression=True)
-        for key, tmp in temps.items():
-            os.replace(tmp, targets[key])
+    try:  # both written before either is renamed in
+        with atomic_path(targets["image"]) as image_tmp, atomic_path(targets["truth"]) as truth_tmp:
+            sitk.WriteImage(phantom.image, str(image_tmp), useCompression=True)
+            sitk.WriteImage(phantom.truth, str(truth_tmp), useCompression=True)
     except (OSError, RuntimeError) as e:
         raise OutputError(f"cannot write phantom into {out_dir}: {e}") from e
-    finally:
-        for tmp in temps.values():
-            if tmp.exists():
-                tmp.unlink()
     return targets

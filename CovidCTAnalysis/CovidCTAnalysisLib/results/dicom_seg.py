@@ -21,8 +21,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from pydicom.sr.codedict import codes
 from CovidCTAnalysisLib import __version__
 from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
 from CovidCTAnalysisLib.errors import DicomSegError
+from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.loading.dicom_scan import format_uid, uid_problem
 from CovidCTAnalysisLib.loading.volume import CTVolume, DicomSource
 
@@ -335,15 +334,10 @@ def _fill_type2(seg: hd.seg.Segmentation) -> None:
 
 
 def _save_atomically(seg: hd.seg.Segmentation, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        seg.save_as(tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            seg.save_as(tmp)
     except OSError as exc:
         raise DicomSegError(f"cannot write the DICOM SEG to {path} ({exc.strerror}); choose a writable "
                             "output folder") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
