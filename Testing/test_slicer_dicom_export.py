@@ -63,8 +63,10 @@ def test_export_dicom_seg_from_segmentation_node(dicomPhantom, tmp_path):
     files = dicom_export.dicomInstanceFilesForVolume(volumeNode, database)
     assert sorted(files) == sorted(map(str, written.files))
     models = [{"id": "covidct-segmenter-demo", "version": "0.1.0", "demo": True}]
-    result = dicom_export.exportDicomSeg(segNode, volumeNode, files, tmp_path / "seg.dcm", models=models)
+    result = dicom_export.exportDicomSeg(segNode, volumeNode, files, tmp_path / "seg.dcm", models=models,
+                                         pythonExecutable=sys.executable)
     assert result.written, result.reason
+    assert result.path == str(tmp_path / "seg.dcm")
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.Modality == "SEG"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Left lung", "Right lung", "Lesion"]
@@ -92,3 +94,59 @@ def test_instances_missing_from_database_are_named():
     volumeNode.SetAttribute(dicom_export.INSTANCE_UIDS_ATTRIBUTE, "1.2.3 1.2.4")
     with pytest.raises(dicom_export.DicomSourceMissing, match="2 of 2 source instances"):
         dicom_export.dicomInstanceFilesForVolume(volumeNode, StandInDicomDatabase({}))
+
+
+EXPORT_WITHOUT_HIGHDICOM = """
+import sys
+# As in Slicer 5.10's own process: no highdicom, and pydicom must not be touched by the export.
+sys.modules["highdicom"] = None
+sys.path.insert(0, {module!r})
+sys.path.insert(0, {testing!r})
+from pathlib import Path
+import SimpleITK as sitk
+import slicer
+from CovidCTAnalysisSlicer import dicom_export, segmentations, volumes
+from slicer_scene import newScene
+
+files = Path({files!r}).read_text().split("\\n")
+scene = newScene()
+volumeNode = volumes.addVolumeNodeFromSitkImage(scene, sitk.ReadImage({image!r}), "CT")
+segNode = segmentations.segmentationNodeFromLabelmap(scene, sitk.ReadImage({truth!r}), "CT seg", volumeNode)
+result = dicom_export.exportDicomSeg(segNode, volumeNode, files, {out!r}, models=[], pythonExecutable=sys.executable)
+assert result.written, result.reason
+assert "pydicom" not in sys.modules and "highdicom" not in [n for n in sys.modules if sys.modules[n] is not None]
+print("EXPORTED")
+"""
+
+
+def test_export_runs_in_the_background_without_highdicom_in_the_calling_process(dicomPhantom, tmp_path):
+    """The calling process (Slicer's) cannot import highdicom and never imports pydicom; the SEG is still written."""
+    import subprocess
+
+    import pydicom
+
+    phantom, written, loaded = dicomPhantom
+    sitk.WriteImage(loaded.image, str(tmp_path / "ct.nrrd"))
+    sitk.WriteImage(phantom.truth, str(tmp_path / "truth.nrrd"))
+    (tmp_path / "files.txt").write_text("\n".join(map(str, written.files)))
+    code = EXPORT_WITHOUT_HIGHDICOM.format(module=str(REPO / "CovidCTAnalysis"), testing=str(REPO / "Testing"),
+                                           files=str(tmp_path / "files.txt"), image=str(tmp_path / "ct.nrrd"),
+                                           truth=str(tmp_path / "truth.nrrd"), out=str(tmp_path / "seg.dcm"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "EXPORTED" in result.stdout, result.stderr[-3000:]
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == written.series_instance_uid
+
+
+def test_export_reports_the_writer_error(dicomPhantom, tmp_path):
+    """A failing background writer comes back as one RuntimeError with the core's own message."""
+    phantom, written, loaded = dicomPhantom
+    scene = newScene()
+    volumeNode = volumes.addVolumeNodeFromSitkImage(scene, loaded.image, "CT")
+    segNode = segmentations.segmentationNodeFromLabelmap(scene, phantom.truth, "CT seg", volumeNode)
+    missing = [str(tmp_path / "gone.dcm")]
+    with pytest.raises(RuntimeError) as raised:
+        dicom_export.exportDicomSeg(segNode, volumeNode, missing, tmp_path / "seg.dcm", models=[],
+                                    pythonExecutable=sys.executable)
+    assert "not DICOM images" in str(raised.value)  # the core's own message, not a traceback
+    assert not (tmp_path / "seg.dcm").exists()
