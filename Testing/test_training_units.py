@@ -87,7 +87,7 @@ def test_dice_hd95_and_summary():
     r = dice_hd95(pred, truth, [1, 3], (1.0, 1.0, 2.0))
     assert r[1]["dice"] == pytest.approx(0.8)
     assert r[1]["hd95_mm"] == pytest.approx(4.0)  # 2 voxels of 2 mm
-    assert r[3]["dice"] == 1.0 and r[3]["hd95_mm"] is None  # absent from both
+    assert r[3]["dice"] is None and r[3]["hd95_mm"] is None  # absent from both: undefined, as in the core
     s = summarise([r, r], {1: "Left lung", 3: "Lesion"})
     assert s["Left lung"]["dice_mean"] == pytest.approx(0.8) and s["Left lung"]["dice_std"] == 0.0
     assert s["Lesion"]["n_cases"] == 0 and s["Lesion"]["dice_mean"] is None

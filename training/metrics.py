@@ -1,13 +1,18 @@
 """Metrics for training logs and ``evaluate.py`` (MONAI where it has them).
 
 Classifier: accuracy, per-class sensitivity and specificity, confusion matrix, one-vs-rest
-AUC (``monai.metrics.compute_roc_auc``). Segmenter: per-class Dice and HD95 (MONAI) per
-case, summarised as mean ± std as in Ma et al.'s benchmark tables (MeanDice±Std).
+AUC (``monai.metrics.compute_roc_auc``). Segmenter: per-class Dice and HD95 per case by the
+core's own ``results.statistics.dice``/``hd95_mm`` (what ``covidct analyze --reference`` reports),
+summarised as mean ± std as in Ma et al.'s benchmark tables (MeanDice±Std).
+
+Empty masks, one convention everywhere: a label absent from both prediction and truth has no
+Dice (None, "undefined"), as MONAI's ``compute_dice`` with its default ``ignore_empty=True`` gives
+NaN; HD95 is None when either mask is empty. Means skip cases whose truth lacks the label, as
+MONAI's mean reduction skips those NaNs (and as the validation Dice in ``train_segmenter`` does).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,23 +88,16 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str = ""
 def dice_hd95(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int], spacing_zyx: Sequence[float]) -> dict:
     """Per-label Dice and HD95 (mm) of one case; (z, y, x) integer arrays on the same grid.
 
-    Dice is 1.0 when a label is absent from both; HD95 is None when either is empty.
+    The core's ``dice``/``hd95_mm``: Dice is None when a label is absent from both, HD95 when
+    either is empty (module doc).
     """
-    from monai.metrics import compute_hausdorff_distance
+    from CovidCTAnalysisLib.results.statistics import dice, hd95_mm
 
     out = {}
     for lab in labels:
         p, t = pred == lab, truth == lab
-        denom = p.sum() + t.sum()
-        dice = float(2.0 * np.logical_and(p, t).sum() / denom) if denom else 1.0
-        hd = None
-        if p.any() and t.any():
-            pt = torch.as_tensor(p[None, None])
-            tt = torch.as_tensor(t[None, None])
-            with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
-                warnings.simplefilter("ignore", FutureWarning)
-                hd = float(compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing_zyx))[0, 0])
-        out[int(lab)] = {"dice": dice, "hd95_mm": hd, "truth_voxels": int(t.sum())}
+        out[int(lab)] = {"dice": dice(p, t), "hd95_mm": hd95_mm(p, t, spacing_zyx),
+                         "truth_voxels": int(np.count_nonzero(t))}
     return out
 
 
