@@ -26,7 +26,7 @@ MAX_LINES = 400
 RANK = {
     "__init__": 0, "constants": 0, "errors": 0, "files": 0, "progress": 0,
     "loading": 1, "threshold": 1, "models": 1, "phantom": 1,
-    "inference": 2, "results": 2,
+    "inference": 2, "results": 2, "interactive": 2,
     "pipeline": 3, "cli": 3,
 }
 

@@ -57,8 +57,8 @@ def lung_box_with_margin(image: sitk.Image, lung_box, margin_mm: float) -> tuple
     return (*lo, *hi)  # type: ignore[return-value]
 
 
-def _predict(x: torch.Tensor, model: LoadedModel, preprocessing: dict, device: torch.device) -> torch.Tensor:
-    """Softmax (C, z, y, x) on the model grid by sliding-window inference."""
+def predict_probabilities(x: torch.Tensor, model: LoadedModel, preprocessing: dict, device: torch.device) -> torch.Tensor:
+    """Softmax (C, z, y, x) on the model grid by sliding-window inference (also used by interactive refining)."""
     from monai.inferers import sliding_window_inference
 
     p = segmenter_settings(preprocessing)
@@ -167,7 +167,7 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     prep = segmenter_preprocess(crop, p)
     n_vox = prep.image.size
     progress.step("segment", 0.15, f"Sliding-window inference on {prep.image.shape[::-1]} voxels ({device.type})")
-    probs = _predict(torch.from_numpy(prep.image)[None, None], model, p, device).numpy()
+    probs = predict_probabilities(torch.from_numpy(prep.image)[None, None], model, p, device).numpy()
     progress.step("segment", 0.75, "Mapping labels back to the image grid")
     crop_ref = sitk.Image(crop.GetSize(), sitk.sitkUInt8)
     crop_ref.CopyInformation(crop)

@@ -16,6 +16,7 @@ import torch
 from CovidCTAnalysisLib.constants import BACKGROUND, LABEL_NAMES
 from CovidCTAnalysisLib.errors import ModelError, OutputError
 from CovidCTAnalysisLib.files import atomic_dir, write_json
+from CovidCTAnalysisLib.models.interactive_settings import interactive_settings
 from CovidCTAnalysisLib.models.metadata import (
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -80,6 +81,9 @@ def check_metadata(meta: ModelMetadata, where: str) -> None:
         if meta.task == "interactive":
             interactive_settings(meta.preprocessing)
         else:
+            if meta.task == "interactive":
+            interactive_settings(meta.preprocessing)
+        else:
             validate_preprocessing(meta.task, meta.preprocessing)
     except ModelError as e:
         raise ModelError(f"{where}: {e}") from e
@@ -100,6 +104,8 @@ def build_module(meta: ModelMetadata) -> torch.nn.Module:
             kwargs.pop("pretrained_path", None)  # the installed weights replace any ImageNet start
             kwargs.pop("pretrained_sha256", None)
             return build_classifier(**kwargs)
+        if meta.task == "interactive":
+            return build_interactive(**kwargs)
         if meta.task == "interactive":
             return build_interactive(**kwargs)
         kwargs.setdefault("n_labels", len(meta.labels))

@@ -8,7 +8,9 @@ core needs to run the model exactly as it was trained:
 
 ``id``               stable id, e.g. ``covidct-classifier-demo``
 ``version``          semantic version string
-``task``             ``"classification"`` or ``"segmentation"``
+``task``             ``"classification"``, ``"segmentation"`` or ``"interactive"`` (DeepGrow-style
+                     correction by clicks; ``preprocessing`` as in ``models/interactive_settings.py``
+                     and a ``click_simulation`` object saying how training simulated the clicks)
 ``architecture``     ``{"name": "resnet50"|"monai.UNet", "kwargs": {...}}`` passed to
                      ``build_classifier``/``build_segmenter``
 ``sha256``           of ``model.safetensors``
@@ -39,7 +41,7 @@ from CovidCTAnalysisLib.errors import ModelError
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "interactive")
 REQUIRED_KEYS = ("id", "version", "task", "architecture", "sha256", "trained_on", "intended_use",
                  "preprocessing", "labels", "eval_metrics", "demo")
 
@@ -115,6 +117,9 @@ def validate_metadata(raw: dict[str, Any], where: str = "metadata.json") -> Mode
         raise ModelError(f"{where}: task={raw['task']!r}, expected one of {TASKS}")
     if "not for diagnosis" not in str(raw["intended_use"]).lower():
         raise ModelError(f"{where}: intended_use must state 'research use, not for diagnosis'")
+    if raw["task"] == "interactive" and not isinstance(raw.get("click_simulation"), dict):
+        raise ModelError(f"{where}: an interactive model needs a click_simulation object (how training placed the "
+                         f"clicks), got {raw.get('click_simulation')!r}")
     sha = str(raw["sha256"])
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise ModelError(f"{where}: sha256={sha!r} is not a 64-character lowercase hex digest")

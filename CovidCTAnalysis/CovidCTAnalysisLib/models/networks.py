@@ -59,6 +59,22 @@ def build_segmenter(n_labels: int, channels: tuple[int, ...] = DEFAULT_SEGMENTER
                 strides=tuple(strides), num_res_units=num_res_units, dropout=dropout)
 
 
+def build_interactive(in_channels: int = 3, channels: tuple[int, ...] = DEFAULT_SEGMENTER_CHANNELS,
+                      strides: tuple[int, ...] = DEFAULT_SEGMENTER_STRIDES, num_res_units: int = 2,
+                      dropout: float = 0.0) -> nn.Module:
+    """MONAI 3D U-Net for DeepGrow-style correction: inputs image, positive and negative guidance
+    (``in_channels`` 3), plus the current lesion mask when 4; two outputs (background, lesion).
+
+    The channel order is the metadata's ``preprocessing.channels`` (see ``models/interactive_settings.py``).
+    """
+    from monai.networks.nets import UNet
+
+    if in_channels not in (3, 4):
+        raise ValueError(f"in_channels={in_channels}; expected 3 (image, positive, negative) or 4 (+ current lesion)")
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=2, channels=tuple(channels),
+                strides=tuple(strides), num_res_units=num_res_units, dropout=dropout)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

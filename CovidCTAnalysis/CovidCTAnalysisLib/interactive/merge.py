@@ -1,0 +1,57 @@
+"""The merge rule of a correction: only the lesion label changes, only inside the ROI, only within the lungs.
+
+Inside the ROI box, lung voxels (left, right or lesion) become lesion where the interactive
+model says lesion and stop being lesion where it says not; a voxel that stops being lesion
+goes back to the lung nearest to it (left or right). Everything outside the box, and every
+voxel that is not lung (body, airway, background), keeps its value voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from CovidCTAnalysisLib.constants import BACKGROUND, LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.interactive.clicks import LUNG_LABELS
+from CovidCTAnalysisLib.interactive.roi import Box
+
+
+def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box) -> int:
+    """Apply the model's lesion (bool, the box's (z, y, x) shape) to ``labels`` (z, y, x) **in place**;
+    returns how many voxels changed."""
+    x0, y0, z0, x1, y1, z1 = box
+    sub = labels[z0:z1, y0:y1, x0:x1]
+    if lesion_in_box.shape != sub.shape:
+        raise ValueError(f"lesion mask shape {lesion_in_box.shape} differs from the ROI box shape {sub.shape}")
+    lungs = np.isin(sub, LUNG_LABELS)
+    add = lesion_in_box & lungs & (sub != LESION)
+    remove = ~lesion_in_box & (sub == LESION)
+    if remove.any():
+        sub[remove] = _nearest_lung(labels, box, remove)
+    sub[add] = LESION
+    return int(add.sum() + remove.sum())
+
+
+def _nearest_lung(labels: np.ndarray, box: Box, remove: np.ndarray) -> np.ndarray:
+    """Left or right lung label of the nearest lung voxel, for each voxel of ``remove`` (in the box).
+
+    Looks in the box grown by half its size first (cheap), the whole labelmap if that holds no lung;
+    ``BACKGROUND`` when the labelmap has no lung at all (a lesion-only segmentation).
+    """
+    x0, y0, z0, x1, y1, z1 = box
+    shape = labels.shape
+    for grow in (0.5, None):
+        if grow is None:
+            lo, hi = (0, 0, 0), shape
+        else:
+            g = [int((b - a) * grow) + 1 for a, b in ((z0, z1), (y0, y1), (x0, x1))]
+            lo = (max(z0 - g[0], 0), max(y0 - g[1], 0), max(x0 - g[2], 0))
+            hi = (min(z1 + g[0], shape[0]), min(y1 + g[1], shape[1]), min(x1 + g[2], shape[2]))
+        region = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        sided = (region == LEFT_LUNG) | (region == RIGHT_LUNG)
+        if sided.any():
+            _, nearest = ndimage.distance_transform_edt(~sided, return_indices=True)
+            zz, yy, xx = np.nonzero(remove)
+            zz, yy, xx = zz + z0 - lo[0], yy + y0 - lo[1], xx + x0 - lo[2]
+            return region[nearest[0][zz, yy, xx], nearest[1][zz, yy, xx], nearest[2][zz, yy, xx]]
+    return np.full(int(remove.sum()), BACKGROUND, dtype=labels.dtype)
