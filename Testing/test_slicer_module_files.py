@@ -264,7 +264,8 @@ def test_module_compiles_and_passes_ruff():
     result = subprocess.run([ruff, "check", str(MODULE_PY), str(GLUE)], capture_output=True, text=True,
                             cwd=str(REPO))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(MODULE_PY.read_text().splitlines()) < 450, "keep CovidCTAnalysis.py thin; move logic to the glue"
+    # 470: the Models section and the version check (issue 15) added ~50 lines of widget wiring.
+    assert len(MODULE_PY.read_text().splitlines()) < 470, "keep CovidCTAnalysis.py thin; move logic to the glue"
 
 
 def test_user_strings_go_through_translation():
@@ -290,6 +291,7 @@ def test_glue_imports_without_qt_and_before_first_analyze_installs(tmp_path):
         "from CovidCTAnalysisSlicer.models import listModelChoices\n"
         "choices, message = listModelChoices('classification')\n"
         "assert choices == [] and message.startswith('No classification model is installed'), message\n"
+        "assert 'make demo' not in message and 'Install model' in message, message\n"
         "print('OK')\n"
     )
     env = {**os.environ, "COVIDCT_MODELS_DIR": str(tmp_path / "no-models")}  # listing needs none of those packages

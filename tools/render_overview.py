@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "CovidCTAnalysis"))
 
 from CovidCTAnalysisLib import constants  # noqa: E402
+from CovidCTAnalysisLib.geometry import aligned_grid  # noqa: E402
 
 DISPLAY_SPACING_MM = 1.5
 LUNG_WINDOW = (-600.0, 1500.0)  # (level, width), as the classifier's first channel
@@ -56,13 +57,7 @@ def chooseOffscreenBackend() -> None:
 
 def toDisplayGrid(image: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """Resample CT and labels onto an axis-aligned LPS grid with square voxels: arrays (z, y, x)."""
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-               for corner in np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in image.GetSize()])).T.reshape(-1, 3)]
-    low, high = np.min(corners, axis=0), np.max(corners, axis=0)
-    shape = np.maximum(np.ceil((high - low) / DISPLAY_SPACING_MM).astype(int), 1)
-    reference = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
-    reference.SetSpacing([DISPLAY_SPACING_MM] * 3)
-    reference.SetOrigin((low + DISPLAY_SPACING_MM / 2).tolist())
+    reference = aligned_grid(image, DISPLAY_SPACING_MM).reference()
     ct = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, constants.AIR_HU, sitk.sitkFloat32)
     lab = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(lab)

@@ -108,3 +108,41 @@ def findPipEnsure(slicerModule) -> Callable | None:
         if callable(function):
             return function
     return None
+
+
+def ensureTorch(pyTorchUtilsLogic: Callable[[], object] | None) -> None:
+    """Install torch/torchvision through PyTorchUtils (tested range) when absent; refuse a wrong installed pair.
+
+    ``pyTorchUtilsLogic`` makes a ``PyTorchUtils.PyTorchUtilsLogic`` (None: the PyTorch extension is missing).
+    Raises ``RuntimeError`` with what to do.
+    """
+    from CovidCTAnalysisSlicer.requirements import isTorchAvailable
+
+    if not isTorchAvailable():
+        if pyTorchUtilsLogic is None:
+            raise RuntimeError("PyTorch is not installed. Install the PyTorch extension in the Extensions Manager, "
+                               "restart Slicer and press Analyze again.")
+        torch = pyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT,
+                                                 torchvisionVersionRequirement=TORCHVISION_REQUIREMENT)
+        if torch is None:
+            raise RuntimeError("PyTorch was not installed; the analysis needs it.")
+    problem = torchProblem(installedVersion("torch"), installedVersion("torchvision"))
+    if problem:
+        raise RuntimeError(problem)
+
+
+def installPackages(missing: list[str], slicerModule, constraintsPath: str) -> bool:
+    """Install ``missing`` with the Slicer-provided packages pinned; True when Slicer's own installer was used.
+
+    Slicer 5.12's ``pip_ensure`` asks, shows progress and errors, and offers the restart itself (and skips
+    the provided packages); otherwise ``slicer.util.pip_install`` runs with ``-c constraintsPath``.
+    """
+    with open(constraintsPath, "w", encoding="utf-8") as f:
+        f.write("\n".join(constraintLines()) + "\n")
+    pipEnsure = findPipEnsure(slicerModule)
+    if pipEnsure is not None:
+        pipEnsure(missing, constraints=constraintsPath, skip_packages=list(PROVIDED_BY_SLICER),
+                  requester="CovidCTAnalysis")
+        return True
+    slicerModule.util.pip_install(missing + ["-c", constraintsPath])
+    return False

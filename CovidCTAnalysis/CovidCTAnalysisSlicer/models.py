@@ -13,6 +13,8 @@ from dataclasses import dataclass
 # Panel label -> covidct analyze value.
 DEVICE_CHOICES: dict[str, str] = {"auto": "auto", "CPU": "cpu", "GPU (CUDA)": "cuda"}
 SEGMENT_CHOICES: dict[str, str] = {"if COVID-19": "auto", "always": "always"}
+METHOD_CHOICES: dict[str, str] = {"trained models": "model", "HU threshold (no model)": "threshold"}
+THRESHOLD_LABEL = next(label for label, value in METHOD_CHOICES.items() if value == "threshold")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ def listModelChoices(task: str, modelsDir: str = "") -> tuple[list[ModelChoice],
     registry = ModelRegistry(modelsDir or None)
     models = [m for m in registry.list() if m.task == task]
     if not models:
-        return [], f"No {task} model is installed in {registry.root}. Run `make demo` or `covidct models install PATH`."
+        return [], (f"No {task} model is installed in {registry.root}. Use Models > Install model folder or "
+                    "Install model zip, or choose Method: HU threshold (needs no model).")
     try:
         chosen = registry.resolve(task)
         defaultSpec = f"{chosen.id}@{chosen.version}"
@@ -48,3 +51,24 @@ def listModelChoices(task: str, modelsDir: str = "") -> tuple[list[ModelChoice],
                            default=f"{m.id}@{m.version}" == defaultSpec) for m in models]
     choices.sort(key=lambda c: not c.default)
     return choices, ""
+
+
+def methodWithoutModels(messages: list[str]) -> tuple[str | None, str]:
+    """With a model missing (``messages`` from ``listModelChoices``), the method to preselect and why."""
+    if not messages:
+        return None, ""
+    return THRESHOLD_LABEL, ("HU threshold is selected because a trained model is missing: it segments the lungs "
+                             "and lesions by Hounsfield units and does not classify. " + " ".join(messages))
+
+
+PANEL_ACTIONS = ("In Slicer: Models > Install model folder / Install model zip (the same sha256 checks), or "
+                 "Method: HU threshold, which needs no model.")
+
+
+def panelModelMessage(message: str) -> str:
+    """The core's "no model" message with the command-line ways to get one replaced by the panel's actions."""
+    import re
+
+    replaced, count = re.subn(r"Get one with `make demo`.*?`covidct models install PATH`\.", PANEL_ACTIONS, message,
+                              flags=re.S)
+    return replaced if count else message

@@ -63,3 +63,8 @@ def isTorchAvailable() -> bool:
 def missingRequirements(path: str | Path) -> list[str]:
     """The requirement lines of ``path`` that are not installed in a satisfying version."""
     return [line for line in readRequirements(path) if not isSatisfied(line)]
+
+
+def requirementNames(lines: list[str]) -> list[str]:
+    """The distribution names of requirement lines (``pydicom>=3.0,<4`` -> ``pydicom``)."""
+    return [re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0] for line in lines]

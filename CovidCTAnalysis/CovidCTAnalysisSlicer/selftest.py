@@ -1,12 +1,28 @@
-"""Helpers of the module's self-test (CovidCTAnalysisTest), kept here so pytest checks them too."""
+"""The module's self-test (CovidCTAnalysisTest) and its helpers, kept here so pytest runs them too.
+
+``runSelfTest`` runs what the installation allows and says what it skipped:
+1. always: a phantom into the scene and back (volume node <-> SimpleITK, truth as a segmentation);
+2. when the first Analyze's packages (and torch) are installed: the threshold method end to end;
+3. when trained models are installed too: the model method end to end, and a re-run replaces the results.
+So it passes on a fresh install (the extension build machines) with no models and no extra packages.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
-from CovidCTAnalysisSlicer.segmentations import segmentationNodeFromLabelmap
+from CovidCTAnalysisSlicer.models import METHOD_CHOICES, THRESHOLD_LABEL, listModelChoices
+from CovidCTAnalysisSlicer.requirements import isTorchAvailable
+from CovidCTAnalysisSlicer.segmentations import (
+    referenceLabelmapFromSegmentationNode,
+    segmentationNodeFromLabelmap,
+    segmentNames,
+)
 from CovidCTAnalysisSlicer.tables import rowsFromTableNode, statisticsRows
-from CovidCTAnalysisSlicer.volumes import addVolumeNodeFromSitkImage
+from CovidCTAnalysisSlicer.volumes import addVolumeNodeFromSitkImage, sitkImageFromVolumeNode
+
+MODEL_LABEL = next(label for label, value in METHOD_CHOICES.items() if value == "model")
 
 
 def addPhantomToScene(scene, kind: str = "covid", seed: int = 7, size=None):
@@ -42,3 +58,51 @@ def tableValue(tableNode, segment: str, column: str) -> float:
         if row["Segment"] == segment:
             return float(row[column])
     raise KeyError(f"no row {segment!r} in table '{tableNode.GetName()}'")
+
+
+def runSelfTest(test, logic, scene, modelsDir: str = "") -> Iterator[str]:
+    """The self-test's steps (see the module docstring); yields a line per step, asserts with ``test``."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    phantom, volumeNode, truthNode = addPhantomToScene(scene, "covid", 7, size=(96, 96, 40))
+    back = sitkImageFromVolumeNode(volumeNode)
+    test.assertTrue(np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(phantom.image)))
+    truthBack = referenceLabelmapFromSegmentationNode(truthNode, volumeNode)
+    test.assertTrue(np.array_equal(sitk.GetArrayViewFromImage(truthBack), sitk.GetArrayViewFromImage(phantom.truth)))
+    yield "Phantom into the scene and back: identical voxels and labels"
+
+    missing = logic.missingRequirements() + ([] if isTorchAvailable() else ["torch (PyTorch extension)"])
+    if missing:
+        yield f"Skipped the analysis: the first Analyze has not installed {', '.join(missing)} yet"
+        return
+    parameterNode = logic.getParameterNode()
+    parameterNode.inputVolume = volumeNode
+    parameterNode.referenceSegmentation = truthNode
+    parameterNode.segmentPolicy = "always"
+    parameterNode.modelsDir = modelsDir
+    parameterNode.method = THRESHOLD_LABEL
+    results = logic.process(parameterNode)
+    _checkResults(test, parameterNode, results, phantom)
+    test.assertEqual(parameterNode.resultClass, "")  # the threshold method does not classify
+    yield "Threshold method end to end: lungs and lesions, table agrees with report.json"
+
+    if not (listModelChoices("classification", modelsDir)[0] and listModelChoices("segmentation", modelsDir)[0]):
+        yield "Skipped the model method: no trained models installed"
+        return
+    parameterNode.method = MODEL_LABEL
+    results = logic.process(parameterNode)
+    _checkResults(test, parameterNode, results, phantom)
+    test.assertIn(parameterNode.resultClass, ("Normal", "Pneumonia", "COVID-19"))
+    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    logic.process(parameterNode)
+    test.assertEqual(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before)
+    yield "Model method end to end; a re-run replaced its results"
+
+
+def _checkResults(test, parameterNode, results, phantom) -> None:
+    test.assertEqual(segmentNames(parameterNode.outputSegmentation), ["Left lung", "Right lung", "Lesion"])
+    test.assertEqual(tableMismatches(parameterNode.outputTable, results.report), [])
+    test.assertGreater(tableValue(parameterNode.outputTable, "Left lung", "Dice"), 0.5)
+    test.assertGreater(tableValue(parameterNode.outputTable, "Right lung", "Dice"), 0.5)
+    test.assertIn("not for diagnosis", parameterNode.resultNote.lower())

@@ -67,3 +67,10 @@ def isTested(major: int, minor: int) -> bool:
     """True for the releases in ``BUNDLED`` (newer ones load, with a note in the log that they are untested)."""
     return releaseKey(major, minor) in BUNDLED
 
+
+
+def runningSlicerProblem(app, python: tuple[int, int] | None = None) -> str | None:
+    """``versionProblem`` for the running application (``slicer.app``: majorVersion, minorVersion)."""
+    import sys
+
+    return versionProblem(int(app.majorVersion), int(app.minorVersion), python or tuple(sys.version_info[:2]))

@@ -15,24 +15,14 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 # Multiplying a RAS point by this gives the LPS point (and vice versa).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def matrixToNumpy(vtkMatrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    """A 4x4 numpy array holding the elements of a ``vtkMatrix4x4``."""
-    return np.array([[vtkMatrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
-
-
-def numpyToMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    """A ``vtkMatrix4x4`` holding the elements of a 4x4 numpy array."""
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
+# slicer.util's converters (they work under the slicer-core wheel), under the names the glue already uses.
+matrixToNumpy = slicer.util.arrayFromVTKMatrix
+numpyToMatrix = slicer.util.vtkMatrixFromArray
 
 
 def ijkToRasFromVolumeNode(volumeNode, hardenTransform: bool = True) -> np.ndarray:
@@ -95,9 +85,7 @@ def arrayFromVolumeNode(volumeNode) -> np.ndarray:
             f"volume '{volumeNode.GetName()}' has {imageData.GetNumberOfScalarComponents()} components per voxel; "
             "expected a single-component (grayscale CT) volume"
         )
-    dims = imageData.GetDimensions()
-    scalars = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())
-    return np.array(scalars.reshape(dims[::-1]), copy=True)
+    return np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)  # (k, j, i) view of the node's voxels
 
 
 def sitkImageFromVolumeNode(volumeNode, hardenTransform: bool = True) -> sitk.Image:
@@ -118,13 +106,8 @@ def updateVolumeNodeFromSitkImage(volumeNode, image: sitk.Image) -> None:
             f"image is {image.GetDimension()}-D with {image.GetNumberOfComponentsPerPixel()} components; "
             "expected a 3-D scalar image"
         )
-    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))
-    imageData = vtk.vtkImageData()
-    imageData.SetDimensions(image.GetSize())
-    vtkArray = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
-    imageData.GetPointData().SetScalars(vtkArray)
     volumeNode.SetIJKToRASMatrix(numpyToMatrix(ijkToRasFromSitkImage(image)))
-    volumeNode.SetAndObserveImageData(imageData)
+    slicer.util.updateVolumeFromArray(volumeNode, sitk.GetArrayFromImage(image))  # copies the (z, y, x) voxels
 
 
 def addVolumeNodeFromSitkImage(scene, image: sitk.Image, name: str, labelmap: bool = False):

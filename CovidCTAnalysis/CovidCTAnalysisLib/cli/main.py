@@ -1,9 +1,14 @@
-"""``covidct``: the command line (``analyze``, ``phantom``, ``models``).
+"""``covidct``: the command line; one subcommand per module of this package.
 
 ``main(argv) -> int`` is the one entry point for batch use, CI and the Slicer
 subprocess. A ``CovidCTError`` becomes its ``exit_code`` and one line
 ``error: ...`` on stderr (plus an ``{"event": "error"}`` line with
 ``--progress json``), never a traceback; the output folder is left as it was.
+
+To add a subcommand, write ``cli/<name>.py`` with ``add_parser(subparsers) -> parser``
+and ``run(args) -> int`` (raising ``CovidCTError`` on refusal), add it to
+``SUBCOMMANDS`` below and to ``CovidCTAnalysis/CMakeLists.txt``. Import heavy
+packages (torch, MONAI) inside ``run``, so that ``covidct --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -13,97 +18,28 @@ import sys
 from collections.abc import Sequence
 
 from CovidCTAnalysisLib import INTENDED_USE, __version__
+from CovidCTAnalysisLib.cli import analyze, models, phantom
 from CovidCTAnalysisLib.errors import CovidCTError
-from CovidCTAnalysisLib.progress import JsonLinesProgress, make_progress
 
-PROGRESS_CHOICES = ("auto", "bar", "plain", "json", "none")
-
-
-def _add_analyze_parser(subparsers) -> None:
-    from CovidCTAnalysisLib.pipeline import DICOM_SEG_CHOICES, METHODS, SEGMENT_CHOICES
-    from CovidCTAnalysisLib.results.statistics import REFERENCE_LABELS_HELP
-
-    p = subparsers.add_parser(
-        "analyze", help="classify a chest CT and segment lungs and lesions",
-        description="Classify a chest CT (Normal / Pneumonia / COVID-19), segment left lung, right lung and "
-                    f"lesions, and write statistics. {INTENDED_USE}")
-    p.add_argument("input", help="CT image (.nii/.nii.gz/.nrrd/.mha) or a DICOM series folder")
-    p.add_argument("--output-dir", "-o", required=True, help="folder for the outputs (new or empty, or use --force)")
-    p.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
-                   help="auto: segment only if the class is COVID-19 (default)")
-    p.add_argument("--method", choices=METHODS, default="model",
-                   help="model: ResNet-50 + 3D U-Net (default); threshold: HU thresholds, no classification")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (auto: CUDA when present)")
-    p.add_argument("--reference", metavar="FILE", help="reference segmentation for Dice and HD95")
-    p.add_argument("--reference-labels", metavar="MAP", help=REFERENCE_LABELS_HELP)
-    p.add_argument("--classifier", metavar="ID[@VER]", help="installed classifier (default: the only one, else the newest non-demo, else the newest demo)")
-    p.add_argument("--segmenter", metavar="ID[@VER]", help="installed segmenter (same default rule as --classifier)")
-    p.add_argument("--models-dir", metavar="DIR", help="model registry folder (default: $COVIDCT_MODELS_DIR)")
-    p.add_argument("--series-uid", metavar="UID", help="series to analyse in a DICOM folder holding several")
-    p.add_argument("--dicom-seg", choices=DICOM_SEG_CHOICES, default="auto",
-                   help="DICOM SEG for DICOM input: auto (when possible), required (fail otherwise), off")
-    p.add_argument("--force", action="store_true", help="replace the analysis files in a non-empty --output-dir")
-    p.add_argument("--progress", choices=PROGRESS_CHOICES, default="auto",
-                   help="auto: a bar on a terminal; json: one JSON line per step (for the Slicer module)")
+# In the order `covidct --help` lists them.
+SUBCOMMANDS = (analyze, phantom, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``covidct`` argument parser with all subcommands."""
-    from CovidCTAnalysisLib.cli import models as cli_models
-    from CovidCTAnalysisLib.cli import phantom as cli_phantom
-
     parser = argparse.ArgumentParser(prog="covidct", description=f"COVID-19 chest CT analysis. {INTENDED_USE}")
     parser.add_argument("--version", action="version", version=f"covidct {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{analyze,phantom,models}", required=True)
-    _add_analyze_parser(sub)
-    cli_phantom.add_parser(sub)
-    cli_models.add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub).set_defaults(_run_subcommand=module.run)
     return parser
-
-
-def _run_analyze(args: argparse.Namespace) -> int:
-    from CovidCTAnalysisLib.pipeline import analyze
-    from CovidCTAnalysisLib.results.report import summary_text
-
-    progress = make_progress(args.progress)
-    try:
-        result = analyze(args.input, args.output_dir, method=args.method, segment=args.segment, device=args.device,
-                         classifier=args.classifier, segmenter=args.segmenter, models_dir=args.models_dir,
-                         reference=args.reference, reference_labels=args.reference_labels,
-                         series_uid=args.series_uid, dicom_seg=args.dicom_seg, force=args.force, progress=progress)
-    except CovidCTError as e:
-        if isinstance(progress, JsonLinesProgress):
-            progress.error(str(e), e.exit_code)
-        raise
-    finally:
-        progress.close()
-    summary = summary_text(result.report, list(result.model_lines), str(result.output_dir))
-    if isinstance(progress, JsonLinesProgress):
-        # stdout carries only JSON lines in this mode; the summary travels as log events
-        for line in summary.splitlines():
-            progress.log(line)
-        progress.done(str(result.paths["report"]))
-    else:
-        print(summary)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``covidct``; returns the exit status (0 success, ``CovidCTError.exit_code`` on refusal)."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
-        if args.command == "analyze":
-            return _run_analyze(args)
-        if args.command == "phantom":
-            from CovidCTAnalysisLib.cli import phantom as cli_phantom
-
-            return int(cli_phantom.run(args) or 0)
-        if args.command == "models":
-            from CovidCTAnalysisLib.cli import models as cli_models
-
-            return int(cli_models.run(args) or 0)
-        parser.error(f"unknown command {args.command}")
+        return int(args._run_subcommand(args) or 0)
     except CovidCTError as e:
         one_line = " ".join(str(e).split())  # one line, whatever the message's own layout
         print(f"error: {one_line}", file=sys.stderr)
@@ -111,7 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``covidct phantom``: write a synthetic chest CT and its truth labels.
 
-The dispatcher (``cli.py``) calls :func:`add_parser` with its subparsers and
+The dispatcher (``cli/main.py``) calls :func:`add_parser` with its subparsers and
 :func:`run` with the parsed arguments; errors are ``CovidCTError``s that it
 turns into exit codes. Spacing, orientation and size vary with the seed unless
 forced.

@@ -32,19 +32,10 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.geometry import bounding_box, patient_axes
 
 MIN_FRACTION = 0.1
 LESION_MARGIN_MM = 10.0
-
-
-def _bbox(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, slice, slice] | None:
-    if not mask.any():
-        return None
-    out = []
-    for axis in range(3):
-        nz = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        out.append(slice(max(0, nz[0] - pad[axis]), min(mask.shape[axis], nz[-1] + 1 + pad[axis])))
-    return tuple(out)  # type: ignore[return-value]
 
 
 def _physical_x_of_centroid(mask: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> float:
@@ -149,7 +140,7 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
     notes: list[str] = []
     spacing_zyx = labels.GetSpacing()[::-1]
     pad = tuple(int(np.ceil(lesion_margin_mm / s)) + 1 for s in spacing_zyx)
-    box = _bbox(arr > 0, pad)
+    box = bounding_box(arr > 0, pad)
     if box is None:
         return _wrap(arr, labels), notes
     sub = arr[box]  # a view: edits land in arr
@@ -181,8 +172,7 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
         lesion = sub == LESION
         pieces, n = ndi.label(lesion)
         if lungs.any():
-            d = np.abs(np.array(labels.GetDirection()).reshape(3, 3))
-            axial_axis = 2 - int(np.argmax(d[2, :]))  # array axis closest to the patient's S-I axis
+            axial_axis = patient_axes(labels).numpy_axis_along(2)[0]  # array axis along the patient's S-I axis
             near = lesion & ~_outside_lungs(lungs, spacing_zyx, lesion_margin_mm, axial_axis)
             touching = np.zeros(n + 1, dtype=bool)
             touching[np.unique(pieces[near])] = True

@@ -23,6 +23,7 @@ import torch
 
 from CovidCTAnalysisLib.constants import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError, ModelError
+from CovidCTAnalysisLib.geometry import IDENTITY_DIRECTION, direction_matrix, is_axis_aligned, patient_axes
 from CovidCTAnalysisLib.inference.postprocess import postprocess_with_notes
 from CovidCTAnalysisLib.loading.volume import CTVolume, labelmap_like
 from CovidCTAnalysisLib.models.folder import LoadedModel, segmentation_channel_labels
@@ -84,13 +85,9 @@ def probabilities_to_labels(probs: np.ndarray, grid: sitk.Image, target: sitk.Im
     lut = np.zeros(max(channel_labels) + 1, dtype=np.uint8)
     for c, value in channel_labels.items():
         lut[c] = value
-    d = np.array(target.GetDirection(), dtype=float).reshape(3, 3)
-    if np.allclose(np.abs(d), np.round(np.abs(d)), atol=1e-6) and grid.GetDirection() == IDENTITY:
+    if is_axis_aligned(target) and grid.GetDirection() == IDENTITY_DIRECTION:
         return lut[_separable_argmax(probs, grid, target)]
     return lut[_resampled_argmax(probs, grid, target, channel_labels)]
-
-
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def _linear_weights(positions: np.ndarray, origin: float, spacing: float, n: int):
@@ -106,12 +103,13 @@ def _separable_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, s
     """Argmax channel on ``target`` (axis-aligned with the identity-direction ``grid``)."""
     out = np.zeros(target.GetSize()[::-1], dtype=np.uint8)
     view = orient_array_lps(out, target)  # (S, P, L) view: writes land in ``out``
-    d = np.array(target.GetDirection(), dtype=float).reshape(3, 3)
+    d = direction_matrix(target)
+    axes = patient_axes(d)
     size, spacing, origin = target.GetSize(), target.GetSpacing(), target.GetOrigin()
     weights = []
     for out_axis in range(3):  # 0: S (LPS z), 1: P (y), 2: L (x)
         lps = 2 - out_axis
-        j = int(np.argmax(np.abs(d[lps, :])))  # image axis along this patient axis
+        j = axes.index_axis_along(lps)
         pos = origin[lps] + d[lps, j] * spacing[j] * np.arange(size[j])
         pos = np.sort(pos)  # the view runs towards +LPS
         weights.append(_linear_weights(pos, grid.GetOrigin()[lps], grid.GetSpacing()[lps], grid.GetSize()[lps]))

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from CovidCTAnalysisLib.constants import LOW_LUNG_ML, MAX_SPACING_MM, MIN_EXTENT_MM, MIN_SPACING_MM, PLAUSIBLE_HU_RANGE
 from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.geometry import patient_axes
 
 _AXIS_NAMES = ("x", "y", "z")
 _SPACING_ROLE = ("in-plane x spacing", "in-plane y spacing", "slice spacing")
@@ -49,11 +50,10 @@ def check_spacing(image: sitk.Image) -> None:
 
 def physical_extent_lps(image: sitk.Image) -> tuple[float, float, float]:
     """Extent in mm along LPS x, y, z (each image axis is assigned to the LPS axis it points along most)."""
-    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    axes = patient_axes(image)
     extent = [0.0, 0.0, 0.0]
     for j, (n, s) in enumerate(zip(image.GetSize(), image.GetSpacing(), strict=True)):
-        axis = int(np.argmax(np.abs(d[:, j])))
-        extent[axis] = max(extent[axis], n * s)
+        extent[axes.lps_of_index[j]] = n * s
     return tuple(extent)  # type: ignore[return-value]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from CovidCTAnalysisLib.geometry import patient_axes
+
 
 @dataclass(frozen=True)
 class DicomSource:
@@ -80,9 +82,4 @@ def patient_left_axis(image: sitk.Image) -> tuple[int, float]:
     LPS +x is the patient's left. Returns (numpy axis, sign) where sign is +1 if
     increasing index moves to the patient's left along that axis.
     """
-    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    # column j of the direction matrix is the LPS direction of image index axis j (x,y,z)
-    lps_x_component = d[0, :]
-    j = int(np.argmax(np.abs(lps_x_component)))
-    sign = float(np.sign(lps_x_component[j]))
-    return 2 - j, sign
+    return patient_axes(image).numpy_axis_along(0)

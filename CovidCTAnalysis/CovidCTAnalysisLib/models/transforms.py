@@ -38,6 +38,7 @@ import torch
 
 from CovidCTAnalysisLib.constants import DEFAULT_CLASSIFIER_WINDOWS, DEFAULT_SEGMENTER_HU_RANGE, LEFT_LUNG, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import ModelError
+from CovidCTAnalysisLib.geometry import aligned_grid, patient_axes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,19 +115,16 @@ def validate_preprocessing(task: str, preprocessing: dict[str, Any]) -> None:
 def lps_orientation(image: sitk.Image) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
     """How to turn a (z, y, x) array of ``image`` into (S, P, L) order: (transpose axes, flips).
 
-    Each image axis is assigned the LPS axis it is closest to (oblique images are
-    treated as their nearest axis-aligned orientation, as radiology viewers do).
+    Each image axis is assigned the LPS axis it runs along (``geometry.patient_axes``; oblique images
+    are treated as their nearest axis-aligned orientation, as radiology viewers do).
     """
-    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    lps_of_index = [int(np.argmax(np.abs(d[:, j]))) for j in range(3)]  # image axis j (x,y,z) -> LPS axis
-    if sorted(lps_of_index) != [0, 1, 2]:
-        raise ValueError(f"direction {image.GetDirection()} does not map image axes one-to-one onto LPS axes")
+    axes = patient_axes(image)
     # numpy axis of image axis j is 2 - j; output numpy axis of LPS axis k is 2 - k.
     transpose = [0, 0, 0]
     flips = [False, False, False]
-    for j, k in enumerate(lps_of_index):
+    for j, k in enumerate(axes.lps_of_index):
         transpose[2 - k] = 2 - j
-        flips[2 - k] = bool(d[k, j] < 0)
+        flips[2 - k] = axes.sign[j] < 0
     return tuple(transpose), tuple(flips)  # type: ignore[return-value]
 
 
@@ -258,18 +256,8 @@ class SegmenterInput(NamedTuple):
 
 
 def model_grid(image: sitk.Image, spacing_mm) -> sitk.Image:
-    """An empty axis-aligned LPS grid at ``spacing_mm`` that covers ``image``'s physical extent."""
-    size = image.GetSize()
-    corners = np.array([image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
-                        for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    sp = np.asarray(spacing_mm, dtype=float)
-    n = np.maximum(1, np.round((hi - lo) / sp).astype(int))
-    grid = sitk.Image([int(v) for v in n], sitk.sitkUInt8)
-    grid.SetSpacing(tuple(float(v) for v in sp))
-    grid.SetOrigin(tuple(float(v) for v in lo + sp / 2.0))  # voxel centres inside the extent
-    grid.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    return grid
+    """An empty axis-aligned LPS grid at ``spacing_mm`` that covers ``image`` (``geometry.aligned_grid``)."""
+    return aligned_grid(image, spacing_mm).reference()
 
 
 def scale_hu(hu: np.ndarray, hu_range) -> np.ndarray:

@@ -29,6 +29,7 @@ from scipy import ndimage
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.errors import InputError, OutputError
 from CovidCTAnalysisLib.files import atomic_path
+from CovidCTAnalysisLib.geometry import aligned_grid, is_axis_aligned, patient_axes
 from CovidCTAnalysisLib.loading.volume import voxel_volume_ml
 from CovidCTAnalysisLib.phantom.anatomy import render_anatomy
 from CovidCTAnalysisLib.phantom.body import Anatomy
@@ -37,7 +38,7 @@ from CovidCTAnalysisLib.phantom.lesions import render_lesions
 
 KINDS = ("normal", "pneumonia", "covid")
 # Bumped whenever the phantom made for a given (kind, seed, grid) changes: key caches on it.
-PHANTOM_VERSION = "7"
+PHANTOM_VERSION = "8"  # 8: oblique grids drawn on geometry.aligned_grid (one corner convention)
 HU_CLIP = (-1024, 3071)  # what a 12-bit CT reconstruction can hold
 MAX_VOXELS = 2**28  # ~ 3 GB peak memory (about 11.5 bytes per voxel while rendering)
 IMAGE_NAME = "image.nii.gz"
@@ -151,8 +152,7 @@ class _Grid:
 def _choose_grid(rng: np.random.Generator, scale: float, size, spacing, direction: np.ndarray) -> _Grid:
     fov_xy = float(np.clip(rng.uniform(340.0, 400.0) * scale, 330.0, 440.0))
     fov = np.array([fov_xy, fov_xy, rng.uniform(260.0, 320.0) * scale])  # per physical axis
-    axis_of = np.argmax(np.abs(direction), axis=0)  # physical axis closest to each index axis
-    fov_index = fov[axis_of]
+    fov_index = fov[list(patient_axes(direction).lps_of_index)]  # the field of view along each index axis
     default_spacing = np.array([rng.uniform(1.2, 2.0)] * 2 + [rng.uniform(1.5, 5.0)])
     if spacing is None and size is None:
         spacing = tuple(np.round(default_spacing, 4))
@@ -166,11 +166,6 @@ def _choose_grid(rng: np.random.Generator, scale: float, size, spacing, directio
     half = direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2.0)
     return _Grid(tuple(int(n) for n in size), tuple(float(s) for s in spacing), direction,
                  grid_centre - half, centre, scale)
-
-
-def _signed_permutation(direction: np.ndarray) -> bool:
-    a = np.abs(direction)
-    return bool(np.all(np.isclose(a.max(axis=0), 1.0, atol=1e-6)) and np.isclose(a.sum(), 3.0, atol=1e-5))
 
 
 def _with_geometry(array: np.ndarray, grid: _Grid) -> sitk.Image:
@@ -196,8 +191,8 @@ def _render_on_grid(grid: _Grid, kind: str, seed: int) -> tuple[np.ndarray, np.n
     """Clean HU (float32) and labels (uint8) as (z, y, x) arrays of the target grid."""
     d, s, n = grid.direction, np.asarray(grid.spacing), np.asarray(grid.size)
     voxel = float(np.prod(s) ** (1.0 / 3.0)) / grid.scale
-    if _signed_permutation(d):
-        axis_of = np.argmax(np.abs(d), axis=0)
+    if is_axis_aligned(d):
+        axis_of = patient_axes(d).lps_of_index
         coords = [None, None, None]
         for j, a in enumerate(axis_of):
             c = grid.origin[a] + d[a, j] * s[j] * np.arange(n[j])
@@ -209,18 +204,17 @@ def _render_on_grid(grid: _Grid, kind: str, seed: int) -> tuple[np.ndarray, np.n
         label = np.ascontiguousarray(np.transpose(canvas.label, order))
         return hu, label, landmarks, info
     # oblique grid: draw on a patient-aligned grid around it, then resample
-    corners = np.array([[i, j, k] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)], float)
-    phys = grid.origin[None, :] + (corners * s[None, :]) @ d.T
-    step = s[np.argmax(np.abs(d), axis=1)]  # spacing of the index axis nearest each physical axis
-    lo, hi = phys.min(axis=0) - step, phys.max(axis=0) + step
-    coords = [(lo[a] + step[a] * np.arange(int(np.ceil((hi[a] - lo[a]) / step[a])) + 1) - grid.centre[a]) / grid.scale
-              for a in range(3)]
+    # at the grid's own spacing per patient axis, one voxel wider on each side for the linear interpolation
+    axes = patient_axes(d)
+    step = s[[axes.index_axis_along(k) for k in range(3)]]
+    canvas_grid = aligned_grid(geometry=(n, s, grid.origin, d), margin_mm=step)
+    coords = [(canvas_grid.centres(a) - grid.centre[a]) / grid.scale for a in range(3)]
     canvas, landmarks, info = _draw(Canvas(*coords, voxel_mm=voxel), kind, seed)
     out = []
     for arr, interp, default in ((canvas.hu, sitk.sitkLinear, -1000.0), (canvas.label, sitk.sitkNearestNeighbor, 0.0)):
         img = sitk.GetImageFromArray(arr)
-        img.SetSpacing(tuple(float(v) for v in step))
-        img.SetOrigin(tuple(float(v) for v in lo))
+        img.SetSpacing(tuple(float(v) for v in canvas_grid.spacing))
+        img.SetOrigin(tuple(float(v) for v in canvas_grid.origin))
         out.append(_resample_to(img, grid, interp, default))
     return out[0].astype(np.float32), out[1].astype(np.uint8), landmarks, info
 

@@ -26,22 +26,12 @@ from scipy import ndimage
 
 from CovidCTAnalysisLib.constants import LABEL_NAMES, LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.geometry import bounding_box
 from CovidCTAnalysisLib.loading.volume import patient_left_axis, voxel_volume_ml
 
 SIDE_GRID_MM = 2.0  # cell size of the nearest-lung search
 SIDE_MARGIN_MM = 20.0  # how far around the lesions lung voxels are looked for
 SIDE_MAX_CELLS = 8_000_000  # cap on the search grid (memory: 3 int32 indices per cell)
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Tight (z, y, x) slices around the True voxels of ``mask``; None when empty."""
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
-        if hit.size == 0:
-            return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)
 
 
 def segment_statistics(image: sitk.Image, labelmap: sitk.Image) -> list[dict]:
@@ -54,7 +44,7 @@ def segment_statistics(image: sitk.Image, labelmap: sitk.Image) -> list[dict]:
     lab = sitk.GetArrayViewFromImage(labelmap)
     ct = sitk.GetArrayViewFromImage(image)
     vml = voxel_volume_ml(labelmap)
-    box = _bbox(lab > 0)
+    box = bounding_box(lab > 0)
     out = []
     for label, name in LABEL_NAMES.items():
         n, n_comp, mean, sd = 0, 0, None, None
@@ -65,7 +55,7 @@ def segment_statistics(image: sitk.Image, labelmap: sitk.Image) -> list[dict]:
                 values = ct[box][sel].astype(np.float64)
                 mean = float(values.mean())
                 sd = float(values.std(ddof=1)) if n > 1 else 0.0
-                inner = _bbox(sel)
+                inner = bounding_box(sel)
                 mask = sitk.GetImageFromArray(sel[inner].astype(np.uint8))
                 components = sitk.ConnectedComponent(mask, True)  # keep a reference: the view does not
                 n_comp = int(sitk.GetArrayViewFromImage(components).max())
@@ -94,7 +84,7 @@ def lesion_sides(labelmap: sitk.Image) -> tuple[int, int]:
     """(lesion voxels assigned to the left lung, to the right lung) by the module's side rule."""
     arr = sitk.GetArrayViewFromImage(labelmap)
     lesion = arr == LESION
-    les_box = _bbox(lesion)
+    les_box = bounding_box(lesion)
     if les_box is None:
         return 0, 0
     n_lesion = int(np.count_nonzero(lesion[les_box]))
@@ -157,10 +147,7 @@ def hd95_mm(a: np.ndarray, b: np.ndarray, spacing_zyx) -> float | None:
     """
     if not a.any() or not b.any():
         return None
-    both = a | b
-    lo = [int(np.nonzero(both.any(axis=tuple(j for j in range(3) if j != i)))[0][0]) for i in range(3)]
-    hi = [int(np.nonzero(both.any(axis=tuple(j for j in range(3) if j != i)))[0][-1]) for i in range(3)]
-    sl = tuple(slice(max(lo[i] - 1, 0), hi[i] + 2) for i in range(3))
+    sl = bounding_box(a | b, pad=1)
     pa = np.pad(a[sl], 1)
     pb = np.pad(b[sl], 1)
     import warnings
@@ -243,13 +230,6 @@ def parse_reference_labels(spec: str) -> dict[int, int]:
     return mapping
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
-
-
 def load_reference(path: str | Path, grid: sitk.Image, label_map: dict[int, int] | None = None) -> sitk.Image:
     """Read a reference segmentation, map its values to 1/2/3 and bring it onto ``grid`` (nearest neighbour).
 
@@ -288,7 +268,7 @@ def load_reference(path: str | Path, grid: sitk.Image, label_map: dict[int, int]
                          f"map: {label_map}); expected lung or lesion labels")
     mapped_img = sitk.GetImageFromArray(mapped)
     mapped_img.CopyInformation(ref)
-    if _same_grid(mapped_img, grid):
+    if mapped_img.IsSameImageGeometryAs(grid, 1e-3, 1e-3):  # tolerance: 1e-3 of a voxel
         out = mapped_img
     else:
         out = sitk.Resample(mapped_img, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTAnalysisLib.constants import AIR_HU
+from CovidCTAnalysisLib.geometry import aligned_grid
 
 # Morphology and components run at about this spacing; finer grids cost time
 # and memory without changing which voxels are lung.
@@ -41,31 +42,13 @@ def _shrink_factors(spacing: tuple[float, ...], target_mm: float) -> list[int]:
 
 
 def aligned_reference(shrunk: sitk.Image) -> sitk.Image:
-    """An identity-direction grid covering ``shrunk`` at its own spacing.
+    """An identity-direction grid covering ``shrunk`` at its own spacing (``geometry.aligned_grid``).
 
-    Each LPS axis takes the spacing of the image axis that points along it, so
+    Each LPS axis takes the spacing of the image axis that runs along it, so
     for pure flips/permutations voxel centres coincide with input voxel centres
     and the resampling is exact.
     """
-    size = np.array(shrunk.GetSize(), int)
-    d = np.array(shrunk.GetDirection(), float).reshape(3, 3)
-    corners = np.array(
-        [
-            shrunk.TransformIndexToPhysicalPoint((int(cx), int(cy), int(cz)))
-            for cx in (0, size[0] - 1)
-            for cy in (0, size[1] - 1)
-            for cz in (0, size[2] - 1)
-        ]
-    )
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    # LPS axis k gets the spacing of the input axis closest to it.
-    axis_of = np.argmax(np.abs(d), axis=1)
-    out_spacing = np.array(shrunk.GetSpacing(), float)[axis_of]
-    out_size = np.maximum(np.round((hi - lo) / out_spacing).astype(int) + 1, 1)
-    ref = sitk.Image([int(s) for s in out_size], sitk.sitkUInt8)
-    ref.SetSpacing([float(s) for s in out_spacing])
-    ref.SetOrigin([float(v) for v in lo])
-    return ref
+    return aligned_grid(shrunk).reference()
 
 
 def to_working(image: sitk.Image, target_mm: float = WORKING_SPACING_MM) -> WorkingImage:
@@ -96,20 +79,7 @@ def to_isotropic(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     factors = [max(1, int(np.floor(spacing_mm / s + 1e-6))) for s in image.GetSpacing()]
     src = sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
     src = sitk.Cast(src, sitk.sitkFloat32)
-    size = np.array(image.GetSize(), float)
-    corners = np.array(
-        [
-            image.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
-            for cx in (-0.5, size[0] - 0.5)
-            for cy in (-0.5, size[1] - 0.5)
-            for cz in (-0.5, size[2] - 0.5)
-        ]
-    )
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    n = np.maximum(np.floor((hi - lo) / spacing_mm).astype(int), 1)
-    ref = sitk.Image([int(v) for v in n], sitk.sitkUInt8)
-    ref.SetSpacing([float(spacing_mm)] * 3)
-    ref.SetOrigin([float(v) for v in lo + spacing_mm / 2.0])
+    ref = aligned_grid(image, spacing_mm).reference()
     return sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(AIR_HU), sitk.sitkFloat32)
 
 

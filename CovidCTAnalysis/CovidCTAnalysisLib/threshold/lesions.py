@@ -124,15 +124,6 @@ def lesion_mask_array(hu: np.ndarray, lung: np.ndarray, spacing_mm: float) -> np
     return lesions
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing())
-        and np.allclose(a.GetOrigin(), b.GetOrigin())
-        and np.allclose(a.GetDirection(), b.GetDirection())
-    )
-
-
 def _lesions_on_input_grid(image: sitk.Image, lungs: sitk.Image) -> np.ndarray:
     """uint8 (z, y, x) lesion array on ``image``'s grid, not yet limited to the lungs."""
     work = to_isotropic(image, LESION_SPACING_MM)
@@ -159,7 +150,7 @@ def find_lesions(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     """
     lesions = _lesions_on_input_grid(image, lungs)
     # Nearest-neighbour resampling can put a lesion voxel just outside the lungs.
-    lungs_here = lungs if _same_grid(lungs, image) else labels_to_grid(lungs, image)
+    lungs_here = lungs if lungs.IsSameImageGeometryAs(image, 1e-4, 1e-4) else labels_to_grid(lungs, image)
     lesions &= (sitk.GetArrayViewFromImage(lungs_here) > 0).view(np.uint8)
     return array_to_image(lesions, image)
 

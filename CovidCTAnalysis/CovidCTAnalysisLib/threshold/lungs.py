@@ -33,6 +33,7 @@ from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import DENSE_LUNG_MAX_HU, LEFT_LUNG, LESION, LUNG_BAND_HU, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.geometry import bounding_box, patient_axes
 from CovidCTAnalysisLib.threshold.airway import find_trachea_seed, grow_airway
 from CovidCTAnalysisLib.threshold.body_mask import body_and_inside_air, fill_holes_axial
 from CovidCTAnalysisLib.threshold.grid import array_to_image, labels_to_grid, to_working
@@ -162,9 +163,7 @@ def segment_lungs(image: sitk.Image) -> sitk.Image:
 
 
 def _axis_closest_to_superior(image: sitk.Image) -> int:
-    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    j = int(np.argmax(np.abs(d[2, :])))  # image index axis most along LPS z
-    return 2 - j
+    return patient_axes(image).numpy_axis_along(2)[0]
 
 
 def lung_extent(lungs: sitk.Image, min_area_mm2: float = 100.0) -> LungExtent:
@@ -187,10 +186,7 @@ def lung_extent(lungs: sitk.Image, min_area_mm2: float = 100.0) -> LungExtent:
         area = lung.sum(axis=tuple(others)) * spacing_zyx[others[0]] * spacing_zyx[others[1]]
         return tuple(int(i) for i in np.nonzero(area >= min_area_mm2)[0])
 
-    nz = [np.nonzero(lung.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-    z0, z1 = int(nz[0][0]), int(nz[0][-1]) + 1
-    y0, y1 = int(nz[1][0]), int(nz[1][-1]) + 1
-    x0, x1 = int(nz[2][0]), int(nz[2][-1]) + 1
+    (z0, z1), (y0, y1), (x0, x1) = ((s.start, s.stop) for s in bounding_box(lung))
     axial = _axis_closest_to_superior(lungs)
     return LungExtent(
         z_indices=slices_along(0),
