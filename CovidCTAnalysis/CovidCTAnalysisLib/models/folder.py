@@ -24,7 +24,6 @@ from CovidCTAnalysisLib.models.metadata import (
     read_metadata,
     validate_metadata,
 )
-from CovidCTAnalysisLib.models.interactive_settings import interactive_settings
 from CovidCTAnalysisLib.models.networks import build_classifier, build_interactive, build_segmenter, sha256_file
 from CovidCTAnalysisLib.models.transforms import validate_preprocessing
 
@@ -81,9 +80,6 @@ def check_metadata(meta: ModelMetadata, where: str) -> None:
         if meta.task == "interactive":
             interactive_settings(meta.preprocessing)
         else:
-            if meta.task == "interactive":
-            interactive_settings(meta.preprocessing)
-        else:
             validate_preprocessing(meta.task, meta.preprocessing)
     except ModelError as e:
         raise ModelError(f"{where}: {e}") from e
@@ -104,8 +100,6 @@ def build_module(meta: ModelMetadata) -> torch.nn.Module:
             kwargs.pop("pretrained_path", None)  # the installed weights replace any ImageNet start
             kwargs.pop("pretrained_sha256", None)
             return build_classifier(**kwargs)
-        if meta.task == "interactive":
-            return build_interactive(**kwargs)
         if meta.task == "interactive":
             return build_interactive(**kwargs)
         kwargs.setdefault("n_labels", len(meta.labels))
