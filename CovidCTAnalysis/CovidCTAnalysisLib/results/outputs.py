@@ -14,7 +14,6 @@ input, ``segmentation.dcm`` (DICOM SEG).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from CovidCTAnalysisLib import files
 from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
 from CovidCTAnalysisLib.errors import OutputError
 
@@ -156,6 +156,5 @@ def write_labelmap(labelmap: sitk.Image, path: str | Path) -> Path:
 
 
 def write_json(obj: dict, path: str | Path) -> Path:
-    """Write a JSON document (UTF-8, indented); NaN/inf are refused, not written."""
-    Path(path).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return Path(path)
+    """Write a JSON document (UTF-8, indented); NaN/inf are refused, not written (``files.write_json``)."""
+    return files.write_json(path, obj)
