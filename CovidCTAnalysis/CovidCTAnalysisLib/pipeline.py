@@ -12,7 +12,9 @@ the segmenter's lung box and the lung cross-check.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -107,11 +109,11 @@ def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress, 
     return replace(volume, notes=(*volume.notes, note))
 
 
-def analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "model", segment: str = "auto",
-            device: str = "auto", classifier: str | None = None, segmenter: str | None = None,
-            models_dir: str | Path | None = None, reference: str | Path | None = None,
-            reference_labels: str | None = None, series_uid: str | None = None, dicom_seg: str = "auto",
-            force: bool = False, progress: Progress | None = None) -> AnalysisResult:
+def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "model", segment: str = "auto",
+             device: str = "auto", classifier: str | None = None, segmenter: str | None = None,
+             models_dir: str | Path | None = None, reference: str | Path | None = None,
+             reference_labels: str | None = None, series_uid: str | None = None, dicom_seg: str = "auto",
+             force: bool = False, progress: Progress | None = None) -> AnalysisResult:
     """Analyse one CT and write ``segmentation.seg.nrrd``, ``labelmap.nii.gz``, ``report.json``,
     ``preview.png`` (and a DICOM SEG for DICOM input) into ``output_dir``.
 
@@ -288,3 +290,28 @@ def _write_dicom_seg(labelmap, volume, path: Path, model_metas: list, seg_reason
     result = write_dicom_seg(labelmap, volume.dicom, path, model_metas)
     return {"written": bool(result.written), "reason": result.reason,
             "path": Path(result.path).name if result.written and result.path else None}
+
+
+class _PausingProgress(_SubProgress):
+    """Test-only (``interrupts.pause_point``): waits at each announced stage when the tests ask for it."""
+
+    def step(self, step: str, fraction: float, message: str = "") -> None:
+        from CovidCTAnalysisLib.results.interrupts import pause_point
+
+        self.parent.step(step, fraction, message)
+        pause_point(step)
+
+
+@functools.wraps(_analyze)
+def analyze(input_path: str | Path, output_dir: str | Path, **options: Any) -> AnalysisResult:
+    # One run per output folder (results.run_lock), taken before any heavy work so a second run is refused up
+    # front; the kernel drops it if this process dies, and stale temp folders of dead runs are removed then.
+    from CovidCTAnalysisLib.results.interrupts import PAUSE_ENV
+    from CovidCTAnalysisLib.results.outputs import check_output_dir
+    from CovidCTAnalysisLib.results.run_lock import output_lock
+
+    out_dir = check_output_dir(output_dir, bool(options.get("force")), inputs=(Path(input_path).expanduser(),))
+    if os.environ.get(PAUSE_ENV):
+        options["progress"] = _PausingProgress(options.get("progress") or Progress(), 0.0, 1.0)
+    with output_lock(out_dir):
+        return _analyze(input_path, out_dir, **options)

@@ -7,6 +7,7 @@ import argparse
 from CovidCTAnalysisLib import INTENDED_USE
 from CovidCTAnalysisLib.errors import CovidCTError
 from CovidCTAnalysisLib.progress import JsonLinesProgress, make_progress
+from CovidCTAnalysisLib.results.interrupts import interrupted_exit_code, interrupted_message, stop_handlers
 
 PROGRESS_CHOICES = ("auto", "bar", "plain", "json", "none")
 
@@ -48,13 +49,19 @@ def run(args: argparse.Namespace) -> int:
 
     progress = make_progress(args.progress)
     try:
-        result = analyze(args.input, args.output_dir, method=args.method, segment=args.segment, device=args.device,
-                         classifier=args.classifier, segmenter=args.segmenter, models_dir=args.models_dir,
-                         reference=args.reference, reference_labels=args.reference_labels,
-                         series_uid=args.series_uid, dicom_seg=args.dicom_seg, force=args.force, progress=progress)
+        with stop_handlers():  # SIGTERM/SIGHUP unwind like Ctrl-C: temp folder removed, lock released
+            result = analyze(args.input, args.output_dir, method=args.method, segment=args.segment,
+                             device=args.device, classifier=args.classifier, segmenter=args.segmenter,
+                             models_dir=args.models_dir, reference=args.reference,
+                             reference_labels=args.reference_labels, series_uid=args.series_uid,
+                             dicom_seg=args.dicom_seg, force=args.force, progress=progress)
     except CovidCTError as e:
         if isinstance(progress, JsonLinesProgress):
             progress.error(str(e), e.exit_code)
+        raise
+    except KeyboardInterrupt as e:
+        if isinstance(progress, JsonLinesProgress):
+            progress.error(interrupted_message(e), interrupted_exit_code(e))
         raise
     finally:
         progress.close()

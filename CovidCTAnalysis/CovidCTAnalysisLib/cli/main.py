@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.cli import analyze, models, phantom
 from CovidCTAnalysisLib.errors import CovidCTError
+from CovidCTAnalysisLib.results.interrupts import interrupted_exit_code, interrupted_message
 
 # In the order `covidct --help` lists them.
 SUBCOMMANDS = (analyze, phantom, models)
@@ -44,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_line = " ".join(str(e).split())  # one line, whatever the message's own layout
         print(f"error: {one_line}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during analyze (results.interrupts)
+        print(f"error: {interrupted_message(e)}", file=sys.stderr)
+        return interrupted_exit_code(e)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ input, ``segmentation.dcm`` (DICOM SEG).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ import SimpleITK as sitk
 from CovidCTAnalysisLib import files
 from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
 from CovidCTAnalysisLib.errors import OutputError
+from CovidCTAnalysisLib.results.interrupts import deferred_stops, pause_point
 
 SEG_NRRD = "segmentation.seg.nrrd"
 LABELMAP_NII = "labelmap.nii.gz"
@@ -38,21 +40,35 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatom
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
+def _probe_writable(folder: Path) -> None:
+    """Create and delete a file in ``folder``: the only test that sees read-only mounts, ACLs and root alike."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".covidct-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise OutputError(f"cannot write into {folder} ({e.strerror or e}); choose a writable --output-dir") from e
+
+
 def check_output_dir(output_dir: str | Path, force: bool = False, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse an output folder we may not write, before any heavy work.
 
     Refused: an existing file; a non-empty folder without ``force``; a folder that
-    is, or lies inside or above, one of ``inputs`` (never write over the input);
-    a parent we cannot create or write.
+    is, or lies inside or above, one of ``inputs`` (never write over the input), or
+    lies inside an input folder (a DICOM folder: our files would join its series);
+    a folder or parent we cannot write (probed by creating a file there).
     """
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise OutputError(f"--output-dir {out} is an existing file; expected a folder (new or empty)")
     for inp in inputs:
-        inp = Path(inp).resolve()
+        inp = Path(inp).expanduser().resolve()
         if inp == out or out in inp.parents:
             raise OutputError(f"--output-dir {out} contains the input {inp}; choose a separate folder so the input "
                               "is never overwritten")
+        if inp.is_dir() and inp in out.parents:
+            raise OutputError(f"--output-dir {out} lies inside the input folder {inp}; choose a folder outside it, "
+                              "so our files never mix with the input's DICOM files")
     if out.is_dir() and any(out.iterdir()) and not force:
         present = sorted(p.name for p in out.iterdir())[:5]
         raise OutputError(f"--output-dir {out} exists and is not empty ({', '.join(present)}...); pass --force to "
@@ -60,43 +76,69 @@ def check_output_dir(output_dir: str | Path, force: bool = False, inputs: tuple[
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {parent} (permission denied); choose a writable --output-dir")
+    _probe_writable(parent)
+    if out.is_dir():
+        _probe_writable(out)
     return out
+
+
+def _write_failed(e: OSError, folder: Path) -> OutputError:
+    """One clear message for a failed write (full disk, quota, I/O error), naming the free space left."""
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+    what = errno.errorcode.get(e.errno or 0, "error")
+    return OutputError(f"writing the outputs beside {folder} failed: {e.strerror or e} ({what}{free}); nothing was "
+                       "written to the output folder; free some space or choose another --output-dir")
 
 
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``output_dir``; on success move its files in, on error delete it.
 
+    A failed write (``OSError``: full disk, quota) becomes :class:`OutputError`. SIGINT/SIGTERM are held
+    while files are moved in and while a failed run cleans up (``interrupts.deferred_stops``), so the
+    folder ends either as it was or complete.
+
     >>> with atomic_output_dir("out") as tmp:          # doctest: +SKIP
     ...     (tmp / "report.json").write_text("{}")
     """
     out = check_output_dir(output_dir, force)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on error
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        yield tmp
+        tmp = files.temp_dir_beside(out)  # named like run_lock.temp_prefix(out), which cleans up after crashes
+    except OSError as e:
+        raise _write_failed(e, out.parent) from e
+    try:
+        try:
+            yield tmp
+        except OSError as e:
+            raise _write_failed(e, out.parent) from e
+        pause_point("commit")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with deferred_stops():
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
-    try:
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        check_output_dir(out, force)  # someone may have filled it meanwhile
-        written = {p.name for p in tmp.iterdir()}
-        for p in tmp.iterdir():
-            os.replace(p, out / p.name)
-        for stale in OUTPUT_FILES:  # a previous run's file we did not rewrite would contradict the new report
-            if stale not in written and (out / stale).is_file():
-                (out / stale).unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with deferred_stops():
+        try:
+            if not out.exists():
+                os.replace(tmp, out)
+                return
+            check_output_dir(out, force)  # someone may have filled it meanwhile
+            written = {p.name for p in tmp.iterdir()}
+            for p in sorted(tmp.iterdir()):
+                os.replace(p, out / p.name)
+                pause_point("commit-move")
+            for stale in OUTPUT_FILES:  # a previous run's file we did not rewrite would contradict the new report
+                if stale not in written and (out / stale).is_file():
+                    (out / stale).unlink()
+        except OSError as e:
+            raise _write_failed(e, out.parent) from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -151,7 +193,11 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | Path) -> Path:
 
 def write_labelmap(labelmap: sitk.Image, path: str | Path) -> Path:
     """Write the uint8 labelmap (NIfTI, compressed) on its own grid."""
-    sitk.WriteImage(sitk.Cast(labelmap, sitk.sitkUInt8), str(path), True)
+    try:
+        sitk.WriteImage(sitk.Cast(labelmap, sitk.sitkUInt8), str(path), True)
+    except RuntimeError as e:  # ITK reports a full disk as a RuntimeError; callers handle OSError
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise OSError(errno.EIO, f"could not write {Path(path).name} ({detail[:200]})") from e
     return Path(path)
 
 
