@@ -7,7 +7,7 @@ installed, so older releases are refused with a message instead of failing at th
 ``BUNDLED`` records, per supported release, the Python version and the versions of the packages Slicer
 itself ships that this module also needs. Source: the Slicer git tag named in ``source`` (files
 ``CMakeLists.txt`` for ``Slicer_REQUIRED_PYTHON_VERSION``, ``SuperBuild/External_python-dicom-requirements.cmake``
-for pydicom/pillow/highdicom, ``External_python-numpy.cmake``, ``External_python-scipy.cmake`` and
+for pydicom/highdicom, ``External_python-numpy.cmake``, ``External_python-scipy.cmake`` and
 ``External_SimpleITK.cmake`` / ``External_python-SimpleITK.cmake``), read at github.com/Slicer/Slicer.
 ``Testing/test_slicer_versions.py`` compares these with ``Resources/requirements.txt`` and pyproject.toml.
 """
@@ -33,13 +33,13 @@ class SlicerRelease:
 BUNDLED: dict[str, SlicerRelease] = {
     "5.10": SlicerRelease(
         version="5.10.0", python="3.12.10",
-        bundled={"pydicom": "2.4.4", "pillow": "11.2.1", "numpy": "2.0.2", "scipy": "1.13.1", "SimpleITK": "2.5.2"},
+        bundled={"pydicom": "2.4.4", "numpy": "2.0.2", "scipy": "1.13.1", "SimpleITK": "2.5.2"},
         source="Slicer git tag v5.10.0",
         upgradedOnFirstAnalyze=("pydicom",),
     ),
     "5.12": SlicerRelease(
         version="5.12.3", python="3.12.10",
-        bundled={"pydicom": "3.0.2", "highdicom": "0.27.0", "pillow": "12.2.0", "numpy": "2.4.6", "scipy": "1.17.1",
+        bundled={"pydicom": "3.0.2", "highdicom": "0.27.0", "numpy": "2.4.6", "scipy": "1.17.1",
                  "SimpleITK": "2.5.5"},
         source="Slicer git tag v5.12.3",
     ),
