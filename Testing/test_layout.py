@@ -27,7 +27,7 @@ RANK = {
     "__init__": 0, "constants": 0, "errors": 0, "files": 0, "geometry": 0, "progress": 0,
     "loading": 1, "threshold": 1, "models": 1, "phantom": 1,
     "inference": 2, "results": 2, "interactive": 2,
-    "pipeline": 3, "cli": 3,
+    "pipeline": 3, "cli": 3, "cohort": 3,
 }
 
 

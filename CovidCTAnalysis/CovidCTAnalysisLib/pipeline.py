@@ -21,13 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import SimpleITK as sitk
 
 from CovidCTAnalysisLib.constants import COVID_CLASS, LEFT_LUNG, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import DicomSegError, InputError
 from CovidCTAnalysisLib.progress import Progress
+
+if TYPE_CHECKING:
+    from CovidCTAnalysisLib.models.cache import ModelCache
 
 METHODS = ("model", "threshold")
 # Heavy imports the model path needs (several seconds on 2 cores); imported in a background
@@ -92,6 +95,11 @@ def _prefetch_imports() -> None:
     threading.Thread(target=work, name="covidct-prefetch-imports", daemon=True).start()
 
 
+def _load_model(registry, meta, device, cache: ModelCache | None):
+    """The model from ``cache`` when one is given (loaded once per process), else freshly from the registry."""
+    return cache.load(registry, meta, device) if cache is not None else registry.load(meta, device=device)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"--{name} {value!r} is not one of {choices}")
@@ -113,13 +121,16 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
              device: str = "auto", classifier: str | None = None, segmenter: str | None = None,
              models_dir: str | Path | None = None, reference: str | Path | None = None,
              reference_labels: str | None = None, series_uid: str | None = None, dicom_seg: str = "auto",
-             force: bool = False, progress: Progress | None = None) -> AnalysisResult:
+             force: bool = False, progress: Progress | None = None, model_cache: ModelCache | None = None
+             ) -> AnalysisResult:
     """Analyse one CT and write ``segmentation.seg.nrrd``, ``labelmap.nii.gz``, ``report.json``,
     ``preview.png`` (and a DICOM SEG for DICOM input) into ``output_dir``.
 
     ``method="model"`` classifies with the installed ResNet-50 and segments (if
     ``segment`` is "always", or "auto" and the class is COVID-19) with the 3D U-Net;
     ``method="threshold"`` skips classification and segments by HU thresholds.
+    ``model_cache`` (optional) keeps loaded models for the next call in this process (``covidct batch``);
+    without it every call loads and checks its models afresh.
     Raises a ``CovidCTError`` subclass (nothing written) when anything is wrong.
     """
     from CovidCTAnalysisLib.loading.load import load_ct
@@ -190,7 +201,7 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
             extent = lung_extent(lungs)
         volume = _note_low_lung(volume, extent.left_ml, extent.right_ml, progress, warnings)
         with stage("classifier_load"):
-            cls_model = registry.load(cls_meta, device=dev)
+            cls_model = _load_model(registry, cls_meta, dev, model_cache)
         model_metas.append(cls_meta)
         progress.step("classify", 0.15, "Classifying lung slices")
         with stage("classify"):
@@ -205,7 +216,7 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
             from CovidCTAnalysisLib.inference.segment import segment as run_segmenter
 
             with stage("segmenter_load"):
-                seg_model = registry.load(seg_meta, device=dev)
+                seg_model = _load_model(registry, seg_meta, dev, model_cache)
             model_metas.append(seg_meta)
             progress.step("segment", 0.42, "Segmenting lungs and lesions (3D U-Net)")
             with stage("segment"):
