@@ -22,8 +22,6 @@ from CovidCTAnalysisLib.cohort.runner import describe_error, failed_status, read
 from CovidCTAnalysisLib.cohort.settings import AnalysisSettings
 from CovidCTAnalysisLib.errors import InputError
 
-WATCHDOG_FRACTION = 0.95  # our watchdog ends a worker at 95 % of its limit; Dask's nanny terminates at 98 %
-
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -62,19 +60,22 @@ def run_in_process(scans: list[Scan], out: Path, settings: AnalysisSettings, opt
 
 
 def dask_task(scan_id: str, path: str, out: str, settings: AnalysisSettings, threads: int,
-              timeout_s: float | None) -> dict[str, Any]:
+              timeout_s: float | None, run_id: str) -> dict[str, Any]:
     """The Dask task: ``run_scan`` with the watchdog armed at this worker's memory limit."""
     from distributed import get_worker
 
     limit = get_worker().memory_manager.memory_limit
     return run_scan(scan_id, path, out, settings, threads=threads, timeout_s=timeout_s,
-                    memory_limit=int(limit * WATCHDOG_FRACTION) if limit else None)
+                    memory_limit=int(limit) if limit else None, run_id=run_id)
 
 
 def dask_config(max_attempts: int) -> dict[str, Any]:
     """Scheduler/worker settings for a local cluster: retries, and memory handled by the watchdog (no spilling,
     no pausing: the results are small, and a paused worker would sit on its scan)."""
+    # worker-saturation 1.0: a worker holds only the scan it runs, so a worker's death counts against that scan
+    # alone (queued tasks of a dead worker would be charged an attempt too)
     return {"distributed.scheduler.allowed-failures": max(0, max_attempts - 1),
+            "distributed.scheduler.worker-saturation": 1.0,
             "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
             "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": 0.98}
 
@@ -113,7 +114,7 @@ def run_on_dask(scans: list[Scan], out: Path, settings: AnalysisSettings, opts: 
     run = uuid.uuid4().hex[:8]
     futures = {}
     for scan in scans:
-        fut = client.submit(dask_task, scan.scan_id, scan.path, str(out), settings, threads, opts.timeout_s,
+        fut = client.submit(dask_task, scan.scan_id, scan.path, str(out), settings, threads, opts.timeout_s, run,
                             key=f"covidct-{scan.scan_id}-{run}", pure=False,
                             resources={"GPU": 1} if opts.gpu else None)
         futures[fut] = scan
@@ -135,7 +136,7 @@ def _death_reason(out: Path, scan: Scan) -> str:
     if killed:
         return killed[-1]
     n = len([a for a in attempts if "start" in a])
-    return (f"the worker process died in each of {n} attempt(s) while analysing this scan (a crash in native "
+    return (f"the worker process died while analysing this scan ({n} attempt(s) started; a crash in native "
             "code, or the process was killed by the system's out-of-memory killer or by a signal)")
 
 

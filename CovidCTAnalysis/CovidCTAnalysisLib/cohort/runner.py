@@ -32,6 +32,7 @@ from CovidCTAnalysisLib.models.cache import ModelCache
 
 STATUS_JSON = "status.json"
 SCANS = "scans"
+WATCHDOG_FRACTION = 0.9  # the watchdog ends a worker at 90 % of its memory limit (and says why); Dask's nanny kills at 98 %
 KILLED_EXIT = 70  # exit status of a worker the watchdog ends (timeout or memory)
 MODEL_CACHE = ModelCache()  # one per process: each worker loads its models once
 _THREADS_SET: list[int] = []
@@ -158,15 +159,16 @@ class _Watchdog:
         os._exit(KILLED_EXIT)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.05):
             elapsed = time.monotonic() - self._t0
             if self.timeout_s and elapsed > self.timeout_s:
                 self._kill(f"timed out: still running after {self.timeout_s:g} s (--timeout)")
             if self.memory_limit and os.path.exists("/proc/self/statm"):
                 rss = self._rss()
-                if rss > self.memory_limit:
-                    self._kill(f"killed for memory: the worker used {rss / 2**30:.2f} GiB, over its limit of "
-                               f"{self.memory_limit / 2**30:.2f} GiB (--memory-limit)")
+                if rss > WATCHDOG_FRACTION * self.memory_limit:
+                    self._kill(f"killed for memory: the worker used {rss / 2**30:.2f} GiB, over "
+                               f"{WATCHDOG_FRACTION:.0%} of its limit of {self.memory_limit / 2**30:.2f} GiB "
+                               "(--memory-limit)")
 
     def __enter__(self) -> _Watchdog:
         if self.timeout_s or self.memory_limit:
@@ -178,15 +180,21 @@ class _Watchdog:
 
 
 def run_scan(scan_id: str, path: str, out: str, settings: AnalysisSettings, *, threads: int = 0,
-             timeout_s: float | None = None, memory_limit: int | None = None) -> dict[str, Any]:
+             timeout_s: float | None = None, memory_limit: int | None = None, run_id: str = "") -> dict[str, Any]:
     """Analyse one scan into ``out/scans/<scan_id>`` and return its status (never raises for a bad scan).
 
     ``timeout_s``/``memory_limit`` arm the watchdog, which ends this process: use them in worker processes only.
+    ``run_id`` makes the task idempotent: Dask recomputes results lost with a dead worker, and a scan already
+    finished by this run is then returned as it is, not analysed again.
     """
     out_p = Path(out)
+    existing = read_status(out_p, scan_id) if run_id else None
+    if existing is not None and existing.get("run_id") == run_id:
+        return existing
     previous = [a for a in read_attempts(out_p, scan_id) if "killed" in a]
     if previous:  # an earlier attempt was ended by the watchdog: record that rather than run it again
-        return write_status(out_p, scan_id, failed_status(scan_id, path, previous[-1]["killed"], "WorkerKilled", None))
+        return write_status(out_p, scan_id, {**failed_status(scan_id, path, previous[-1]["killed"], "WorkerKilled",
+                                                             None), "run_id": run_id})
     _note_attempt(out_p, scan_id, {"start": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
     set_threads(threads, settings.method)
     tmp = out_p / SCANS / f".{scan_id}.tmp-{uuid.uuid4().hex[:8]}"
@@ -198,10 +206,10 @@ def run_scan(scan_id: str, path: str, out: str, settings: AnalysisSettings, *, t
     except Exception as e:  # noqa: BLE001 - one bad scan must not stop the cohort; the reason is recorded
         shutil.rmtree(tmp, ignore_errors=True)
         message = describe_error(e)
-        return write_status(out_p, scan_id, failed_status(scan_id, path, message, type(e).__name__,
-                                                          round(time.perf_counter() - t0, 3),
-                                                          getattr(e, "exit_code", None)))
+        return write_status(out_p, scan_id, {**failed_status(scan_id, path, message, type(e).__name__,
+                                                             round(time.perf_counter() - t0, 3),
+                                                             getattr(e, "exit_code", None)), "run_id": run_id})
     status = {"scan_id": scan_id, "input": path, "status": "ok", "error": None, "error_type": None,
               "exit_code": 0, "duration_s": round(time.perf_counter() - t0, 3),
-              "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": time.time()}
+              "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": time.time(), "run_id": run_id}
     return write_status(out_p, scan_id, status, analysis=tmp)
