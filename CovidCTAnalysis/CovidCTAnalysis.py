@@ -26,6 +26,7 @@ from CovidCTAnalysisSlicer.process import AnalyzeOptions, findPythonSlicer
 from CovidCTAnalysisSlicer.progress_events import formatLogLine
 from CovidCTAnalysisSlicer.results import parameterValues
 from CovidCTAnalysisSlicer.run import AnalysisRun
+from CovidCTAnalysisSlicer.training_run import TrainingRun, trainingEstimate
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -105,6 +106,9 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.timeout.connect(self.onPollTimer)
+        self.trainingTimer = qt.QTimer()
+        self.trainingTimer.setInterval(POLL_INTERVAL_MS)
+        self.trainingTimer.timeout.connect(self.onTrainingTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -133,14 +137,18 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installModelFolderButton.connect("clicked(bool)", lambda: self.onInstallModels(folder=True))
         self.ui.installModelZipButton.connect("clicked(bool)", lambda: self.onInstallModels(folder=False))
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
+        self.ui.trainDemoButton.connect("clicked(bool)", self.onTrainDemoButton)
+        self.ui.cancelTrainingButton.connect("clicked(bool)", self.onCancelTrainingButton)
         self.ui.segmenterComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
         self.initializeParameterNode()
         self.refreshModelLists()
 
     def cleanup(self) -> None:
         self.pollTimer.stop()
+        self.trainingTimer.stop()
         if self.logic:
             self.logic.cancelAnalysis()
+            self.logic.cancelTraining()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -207,6 +215,37 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.refreshModelLists()
             slicer.util.infoDisplay(_("Installed:\n{models}").format(models="\n".join(m.label_line() for m in installed)))
 
+    def onTrainDemoButton(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(trainingEstimate()) or not self.ensureRequirements(training=True):
+            return
+        if showErrors(_("The training could not start."), self.logic.startTraining, self._parameterNode.modelsDir):
+            self.ui.logTextEdit.clear()
+            self.appendLog(" ".join(self.logic.training.command))
+            self.trainingTimer.start()
+        self.onTrainingTimer()
+
+    def onTrainingTimer(self) -> None:
+        training = self.logic.training
+        for event in training.poll() if training else []:
+            self.appendLog(formatLogLine(event))
+        self.ui.trainingProgressBar.value = int(round(100 * training.fraction)) if training else 0
+        self.ui.trainDemoButton.enabled = training is None
+        self.ui.cancelTrainingButton.enabled = training is not None
+        if training is None or not training.finished:
+            return
+        self.trainingTimer.stop()
+        self.logic.training = None
+        self.onTrainingTimer()
+        self.refreshModelLists()
+        self.ui.trainingStatusLabel.text = {"succeeded": _("Demo models trained and installed."),
+                                            "cancelled": _("Training cancelled.")}.get(training.state, _("Failed."))
+        if training.state == "failed":
+            slicer.util.errorDisplay(_("The training failed:\n\n{message}").format(message=training.process.errorMessage))
+
+    def onCancelTrainingButton(self) -> None:
+        if self.logic.training is not None:
+            self.logic.training.cancel()  # the timer's next tick reports it and re-enables the button
+
     def onOpenModelsFolder(self) -> None:
         folder = model_install.modelsFolder(self._parameterNode.modelsDir)
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
@@ -247,11 +286,11 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = ""
         self.updateGuiFromResults()
 
-    def ensureRequirements(self) -> bool:
-        """On the first Analyze: ask, then install the missing packages (never at import or module open)."""
+    def ensureRequirements(self, training: bool = False) -> bool:
+        """On the first Analyze (or training): ask, then install the missing packages (never at import or open)."""
         if not showErrors(_("PyTorch is not ready."), self.logic.installTorch):
             return False
-        missing = self.logic.missingRequirements()
+        missing = self.logic.missingRequirements(training)
         if missing and self.logic.slicerInstaller() is not None:
             # Slicer 5.12 asks, shows progress, reports its own errors and offers the restart: no second dialog.
             try:
@@ -335,16 +374,17 @@ class CovidCTAnalysisLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.run = None
+        self.training = None
 
     def getParameterNode(self):
         return CovidCTAnalysisParameterNode(super().getParameterNode())
 
     @staticmethod
-    def requirementsPath() -> str:
-        return os.path.join(MODULE_DIR, "Resources", "requirements.txt")
-
-    def missingRequirements(self) -> list:
-        return requirements.missingRequirements(self.requirementsPath())
+    def missingRequirements(training: bool = False) -> list:
+        """requirements.txt lines not installed (and requirements-train.txt's for the demo training)."""
+        names = ["requirements.txt"] + (["requirements-train.txt"] if training else [])
+        return [line for name in names
+                for line in requirements.missingRequirements(os.path.join(MODULE_DIR, "Resources", name))]
 
     @staticmethod
     def slicerInstaller():
@@ -387,6 +427,19 @@ class CovidCTAnalysisLogic(ScriptedLoadableModuleLogic):
                                      tempRoot=slicer.app.temporaryPath)
         logging.info("CovidCTAnalysis started: %s", " ".join(self.run.process.command))
         return self.run
+
+    def startTraining(self, modelsDir: str = "", quick: bool = False) -> TrainingRun:
+        """Train, evaluate and install the DEMO models in a background PythonSlicer (training_run)."""
+        self.cancelTraining()
+        self.training = TrainingRun(self.pythonSlicerExecutable(), MODULE_DIR, model_install.modelsFolder(modelsDir),
+                                    os.path.join(slicer.app.temporaryPath, "CovidCTAnalysis-demo"),
+                                    environment=slicer.util.startupEnvironment(), quick=quick)
+        return self.training
+
+    def cancelTraining(self) -> None:
+        if self.training is not None:
+            self.training.cancel()
+            self.training = None
 
     def pollAnalysis(self) -> list:
         return self.run.poll() if self.run is not None else []

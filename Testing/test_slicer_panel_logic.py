@@ -133,3 +133,16 @@ def test_module_self_test_without_models_runs_the_threshold_path(moduleAndScene,
     assert any(line.startswith("Threshold method end to end") for line in shown), shown
     assert any("no trained models" in line for line in shown), shown
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") >= 2  # truth + the threshold result
+
+
+def test_logic_starts_and_cancels_the_demo_training(moduleAndScene, tmp_path):  # noqa: F811
+    module, _scene, tempRoot, _shown = moduleAndScene
+    logic = module.CovidCTAnalysisLogic()
+    training = logic.startTraining(str(tmp_path / "models"), quick=True)
+    command = training.command
+    assert command[1:3] == ["-m", "training.demo"]
+    assert command[command.index("--models-dir") + 1] == str(tmp_path / "models")
+    assert Path(command[command.index("--work-dir") + 1]).parent == Path(tempRoot)
+    logic.cancelTraining()
+    assert logic.training is None and training.state == "cancelled"
+    assert training.process._process.poll() is not None

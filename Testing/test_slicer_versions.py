@@ -199,3 +199,15 @@ def test_mrml_tests_fail_in_ci_when_slicer_core_is_missing(ci, expected):
                             cwd=str(REPO / "Testing"), env={**os.environ, "CI": ci})
     assert expected in result.stdout, result.stdout[-2000:]
     assert result.returncode == (2 if ci == "true" else 5)  # 2: collection error; 5: nothing ran (skipped)
+
+
+def test_training_requirements_are_pyprojects_train_extra():
+    """requirements-train.txt ("Train the demo models here") = pyproject's `train` extra, same lower bounds."""
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    wanted = {Requirement(line).name.lower(): Requirement(line) for line in extra}
+    pins = {Requirement(line).name.lower(): Requirement(line)
+            for line in readRequirements(MODULE / "Resources" / "requirements-train.txt")}
+    assert set(pins) == set(wanted)
+    for name, requirement in wanted.items():
+        lowerBound = next(s.version for s in requirement.specifier if s.operator == ">=")
+        assert f">={lowerBound}" in str(pins[name].specifier), (name, str(pins[name]), str(requirement))

@@ -105,8 +105,9 @@ class AnalysisProcess:
     """
 
     def __init__(self, command: Sequence[str], environment: dict[str, str] | None = None,
-                 cwd: str | Path | None = None) -> None:
+                 cwd: str | Path | None = None, expectReport: bool = True) -> None:
         self.command = list(command)
+        self.expectReport = expectReport  # False for jobs without a "done" event (demo training): exit 0 is success
         self.logLines: list[str] = []
         self.errorMessage = ""
         self.reportPath: str | None = None
@@ -187,7 +188,7 @@ class AnalysisProcess:
         self.returnCode = returnCode
         if self.state == "cancelled":
             return
-        if returnCode == 0 and self.reportPath:
+        if returnCode == 0 and (self.reportPath or not self.expectReport):
             self.state = "succeeded"
             return
         self.state = "failed"
