@@ -65,3 +65,55 @@ def test_training_dice_and_hd95_are_the_core_ones_and_agree_with_monai():
     monai = compute_dice(one_hot(pred), one_hot(truth), include_background=False)[0].numpy()
     assert monai[0] == pytest.approx(trained[1]["dice"]) and monai[2] == pytest.approx(trained[3]["dice"])
     assert np.isnan(monai[1])
+
+
+def _refused_inputs(tmp_path):
+    """Two cases inference refuses: a truncated NIfTI (SimpleITK alone zero-fills it) and a constant volume."""
+    from CovidCTAnalysisLib.phantom.generator import make_phantom
+
+    ph = make_phantom("covid", 5, spacing=(6.0, 6.0, 6.0))
+    whole = tmp_path / "whole.nii"
+    sitk.WriteImage(ph.image, str(whole))
+    truncated = tmp_path / "truncated.nii"
+    truncated.write_bytes(whole.read_bytes()[:-4000])
+    constant = sitk.Image(ph.image.GetSize(), sitk.sitkInt16) - 1000
+    constant.CopyInformation(ph.image)
+    sitk.WriteImage(constant, str(tmp_path / "constant.nii.gz"))
+    sitk.WriteImage(ph.truth, str(tmp_path / "truth.nii.gz"))
+    return [truncated, tmp_path / "constant.nii.gz"], tmp_path / "truth.nii.gz"
+
+
+def test_training_refuses_what_inference_refuses_with_the_same_error(tmp_path):
+    from CovidCTAnalysisLib.errors import InputError
+    from CovidCTAnalysisLib.loading.load import load_ct
+
+    from training.classifier_data import ClassifierCase
+    from training.classifier_slices import volume_slices
+    from training.segmenter_data import SegCase
+    from training.segmenter_prepare import prepare_case
+
+    bad, truth = _refused_inputs(tmp_path)
+    for path in bad:
+        with pytest.raises(InputError) as inference:
+            load_ct(path)  # what `covidct analyze` does first
+        classifier_case = ClassifierCase(patient_id="p", class_index=2, source="test", image=path)
+        with pytest.raises(InputError) as classifier:
+            volume_slices(classifier_case, {"input_size": 32})
+        with pytest.raises(InputError) as segmenter:
+            prepare_case(SegCase("c", path, truth, "test", True), {"spacing_mm": [6, 6, 6], "roi_size": [16, 16, 16]},
+                         n_labels=4)
+        assert str(classifier.value) == str(segmenter.value) == str(inference.value)
+        assert ("truncated" if path.suffix == ".nii" else "constant") in str(inference.value)
+
+
+def test_training_label_files_get_the_nifti_completeness_check(tmp_path):
+    from CovidCTAnalysisLib.errors import InputError
+
+    from training.segmenter_data import SegCase, read_label
+
+    _, truth = _refused_inputs(tmp_path)
+    cut = tmp_path / "cut_truth.nii"
+    sitk.WriteImage(sitk.ReadImage(str(truth)), str(cut))
+    cut.write_bytes(cut.read_bytes()[:-500])
+    with pytest.raises(InputError, match="truncated"):
+        read_label(SegCase("c", truth, cut, "test", True), n_labels=4)

@@ -19,6 +19,9 @@ Layouts (``--dataset``):
               CSV), ``class`` (Normal / Pneumonia / CAP / COVID-19), optional ``patient_id`` and
               optional ``slice_labels`` (a .npy of 0/1 per z index of the image).
 ``phantoms``  The core's synthetic phantoms; lesion slices come from the phantom truth.
+
+Volumes (files and DICOM folders) are read by the core's ``load_ct``, as ``covidct analyze`` reads
+them: the same series choice, gap and tilt checks, NIfTI completeness checks and refusals.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CLASS_NAMES
+from CovidCTAnalysisLib.loading.load import read_image_file
 
 from training.phantom_cache import KIND_TO_CLASS, phantom_set
 
@@ -87,23 +91,6 @@ class ClassifierCase:
     @property
     def is_volume(self) -> bool:
         return self.image is not None
-
-
-def read_volume(path: Path) -> sitk.Image:
-    """A volume file or a DICOM series folder as an int16/float HU sitk image."""
-    path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise ValueError(f"{path} holds no DICOM series; expected the slices of one CT series")
-        # the largest series (GDCM sorts the files along the slice normal)
-        files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-        reader.SetFileNames(files)
-        return reader.Execute()
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    return sitk.ReadImage(str(path))
 
 
 def labels_by_z(upstream: np.ndarray, image: sitk.Image) -> np.ndarray:
@@ -203,7 +190,7 @@ def phantom_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spacing: 
     """Phantoms as cases; slice labels per z come from the truth: 1 lesion slice, 0 clear, ``TRACE_SLICE``."""
     cases = []
     for pf in phantom_set(kinds, seeds, cache_dir, spacing=spacing, log=log):
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pf.truth)))
+        truth = sitk.GetArrayFromImage(read_image_file(pf.truth, "phantom truth"))
         truth = truth.reshape(truth.shape[0], -1)  # (z, y*x)
         # A lesion slice is one where lesion covers at least LESION_SLICE_FRACTION of the lung, so that a
         # slice grazing a lesion's tip does not teach "disease" from a few voxels.

@@ -31,10 +31,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from CovidCTAnalysisLib.constants import CLASS_NAMES
+from CovidCTAnalysisLib.loading.load import load_ct, read_image_file
 from CovidCTAnalysisLib.models.transforms import classifier_inputs, classifier_inputs_from_gray, classifier_normalize
 from torch.utils.data import Dataset
 
-from training.classifier_data import ClassifierCase, labels_by_z, read_volume
+from training.classifier_data import ClassifierCase, labels_by_z
 
 NORMAL = CLASS_NAMES.index("Normal")
 CLEAR_SLICE_CHOICES = ("normal", "skip")
@@ -60,7 +61,7 @@ def lung_image(image: sitk.Image, case: ClassifierCase, source: str = "threshold
     if source == "truth":
         if case.truth is None:
             raise ValueError(f"--lung-mask truth needs a truth labelmap; {case.patient_id} has none")
-        truth = sitk.ReadImage(str(case.truth))
+        truth = read_image_file(case.truth, "phantom truth")
         truth.CopyInformation(image)
         return truth
     if source != "threshold":
@@ -97,7 +98,7 @@ def volume_slices(case: ClassifierCase, preprocessing: dict, lung_source: str = 
 
     if clear_slices not in CLEAR_SLICE_CHOICES:
         raise ValueError(f"clear_slices={clear_slices!r}; expected one of {CLEAR_SLICE_CHOICES}")
-    image = read_volume(case.image)
+    image = load_ct(case.image).image  # as inference loads it: the same series, checks and refusals
     extent = lung_extent(lung_image(image, case, lung_source))
     hu, used = lung_slices_hu(image, extent, step=1)
     keep, y = _spread(list(range(len(used))), max_slices), None

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import SimpleITK as sitk
+from CovidCTAnalysisLib.loading.load import load_ct
 from CovidCTAnalysisLib.models.folder import check_model_folder, load_model_folder, segmentation_channel_labels
 from CovidCTAnalysisLib.models.metadata import METADATA_FILE
 
@@ -84,7 +85,7 @@ def evaluate_classifier(model, cases: list[cdata.ClassifierCase], device, t0: fl
     y, probs, per_case = [], [], []
     for i, case in enumerate(cases):
         if case.is_volume:
-            image = cdata.read_volume(case.image)
+            image = load_ct(case.image).image
             res = classify(image, lung_extent(segment_lungs(image)), model, device)
             p = np.array([res.probabilities[c] for c in names])
             n = res.n_slices

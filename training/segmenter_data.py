@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from CovidCTAnalysisLib.loading.load import load_ct, read_image_file
 
 from training.phantom_cache import phantom_set
 
@@ -123,13 +124,14 @@ def phantom_seg_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spaci
 
 
 def read_image_hu(case: SegCase, radiopaedia_hu: bool = True) -> sitk.Image:
-    """The CT in HU (float32). Radiopaedia cases stored as 0..255 are mapped back to HU."""
-    img = sitk.Cast(sitk.ReadImage(str(case.image)), sitk.sitkFloat32)
+    """The CT in HU, loaded by the core's ``load_ct`` as ``covidct analyze`` loads it (the same checks and
+    refusals). Radiopaedia cases stored as 0..255 are then mapped back to HU (float32)."""
+    img = load_ct(case.image).image
     if radiopaedia_hu and case.case_id.lower().startswith("radiopaedia"):
         arr = sitk.GetArrayViewFromImage(img)
         if arr.min() >= 0 and arr.max() <= 255:
             lo, hi = RADIOPAEDIA_WINDOW
-            img = img * ((hi - lo) / 255.0) + lo
+            img = sitk.Cast(img, sitk.sitkFloat32) * ((hi - lo) / 255.0) + lo
             case.notes.append(f"{case.case_id}: 0..255 intensities mapped back to HU window {RADIOPAEDIA_WINDOW}")
     return img
 
@@ -152,7 +154,7 @@ def check_sides(label: sitk.Image, case_id: str = "") -> str | None:
 
 def read_label(case: SegCase, n_labels: int, sides: str = "warn") -> sitk.Image:
     """The label image in model channels; ``sides``: warn | fix (swap 1/2) | off."""
-    lab = sitk.Cast(sitk.ReadImage(str(case.label)), sitk.sitkUInt8)
+    lab = sitk.Cast(read_image_file(Path(case.label), "label"), sitk.sitkUInt8)
     arr = sitk.GetArrayFromImage(lab)
     if arr.max() >= n_labels:
         raise ValueError(f"{case.label} has label {int(arr.max())}; a {n_labels}-label model expects 0..{n_labels - 1}")

@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if raw["task"] != "classification":
         raise SystemExit(f"{model_dir} is a {raw['task']} model; aggregation tuning is for classifiers")
     from CovidCTAnalysisLib.inference.classify import classify
+    from CovidCTAnalysisLib.loading.load import load_ct
     from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
-
-    from training import classifier_data as cdata
 
     device = resolve_device(args.device)
     model = load_model_folder(model_dir, device)
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(cases):
         if not case.is_volume:
             raise SystemExit("aggregation tuning needs volume cases (slices of one patient)")
-        image = cdata.read_volume(case.image)
+        image = load_ct(case.image).image
         probs.append(classify(image, lung_extent(segment_lungs(image)), model, device).slice_probabilities)
         truth.append(case.class_index)
         print(f"[tune_aggregation] {time.monotonic() - t0:6.1f}s | {i + 1}/{len(cases)} {case.patient_id}", flush=True)
