@@ -117,3 +117,29 @@ def test_training_label_files_get_the_nifti_completeness_check(tmp_path):
     cut.write_bytes(cut.read_bytes()[:-500])
     with pytest.raises(InputError, match="truncated"):
         read_label(SegCase("c", truth, cut, "test", True), n_labels=4)
+
+
+def test_training_scripts_print_progress_through_one_helper(capsys, monkeypatch):
+    import time
+
+    from training import common, evaluate
+    from training.progress import format_progress
+
+    assert format_progress("epoch", 3.25, "loss 0.5") == "[epoch]     3.2s | loss 0.5"
+    started = time.monotonic() - 12.0
+    common.RunContext(rank=0, started=started).log("epoch", "loss 0.5")
+    common.RunContext(rank=1, started=started).log("epoch", "never shown")  # only rank 0 prints
+    evaluate._log("2/3 case", started)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[1] for line in lines] == ["loss 0.5", "2/3 case"]
+    for line, step in zip(lines, ("epoch", "evaluate"), strict=True):
+        head = line.split(" | ")[0]
+        assert head.startswith(f"[{step}] ") and 12.0 <= float(head.split()[-1].rstrip("s")) < 60.0
+
+    # the scripts hold no printer of their own: each line goes through training.progress
+    seen = []
+    monkeypatch.setattr(common, "progress_line", lambda *a, **k: seen.append(a[:2]))
+    monkeypatch.setattr(evaluate, "progress_line", lambda *a, **k: seen.append(a[:2]))
+    common.RunContext(rank=0).log("epoch", "x")
+    evaluate._log("y", 0.0)
+    assert seen == [("epoch", "x"), ("evaluate", "y")] and capsys.readouterr().out == ""

@@ -25,6 +25,8 @@ from CovidCTAnalysisLib.errors import InputError
 from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.models.device import select_device
 
+from training.progress import progress_line
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
@@ -55,9 +57,9 @@ class RunContext:
         return time.monotonic() - self.started
 
     def log(self, step: str, message: str) -> None:
-        """One progress line (rank 0 only): ``[training] <step> | <elapsed> | message``."""
+        """One progress line (rank 0 only): ``[step] <elapsed>s | message`` (``training.progress``)."""
         if self.is_main:
-            print(f"[{step}] {self.elapsed():7.1f}s | {message}", flush=True)
+            progress_line(step, message, self.started)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

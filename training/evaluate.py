@@ -34,6 +34,7 @@ from training import classifier_data as cdata
 from training import segmenter_data as sdata
 from training.common import resolve_device, write_json
 from training.metrics import classification_metrics, dice_hd95, summarise
+from training.progress import progress_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log(msg: str, t0: float) -> None:
-    print(f"[evaluate] {time.monotonic() - t0:7.1f}s | {msg}", flush=True)
+    progress_line("evaluate", msg, t0)
 
 
 def _held_out(meta_raw: dict) -> set[str]:

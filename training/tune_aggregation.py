@@ -23,6 +23,7 @@ from CovidCTAnalysisLib.models.folder import check_model_folder, load_model_fold
 from CovidCTAnalysisLib.models.metadata import METADATA_FILE
 
 from training.common import resolve_device, write_json
+from training.progress import progress_line
 
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
@@ -75,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         image = load_ct(case.image).image
         probs.append(classify(image, lung_extent(segment_lungs(image)), model, device).slice_probabilities)
         truth.append(case.class_index)
-        print(f"[tune_aggregation] {time.monotonic() - t0:6.1f}s | {i + 1}/{len(cases)} {case.patient_id}", flush=True)
+        progress_line("tune_aggregation", f"{i + 1}/{len(cases)} {case.patient_id}", t0)
     rows = score(probs, truth, names)
     win = best(rows)
     for r in rows:
-        print(f"[tune_aggregation] {json.dumps(r['aggregation'])}: validation patient accuracy {r['accuracy']:.3f}, "
-              f"true-class probability {r['true_class_probability']:.3f}{'  <- chosen' if r is win else ''}", flush=True)
+        progress_line("tune_aggregation", f"{json.dumps(r['aggregation'])}: validation patient accuracy "
+                      f"{r['accuracy']:.3f}, true-class probability {r['true_class_probability']:.3f}"
+                      f"{'  <- chosen' if r is win else ''}", t0)
     raw["preprocessing"]["aggregation"] = win["aggregation"]
     raw.setdefault("training_data", {})["aggregation_tuning"] = {
         "chosen": win["aggregation"], "on": "the model's validation patients (training_data.split.val)",
