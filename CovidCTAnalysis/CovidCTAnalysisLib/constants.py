@@ -90,3 +90,7 @@ MIN_EXTENT_MM = (120.0, 80.0, 40.0)  # (x, y, z)
 # shows several litres, and even a scan cut off at the lung bases ~1 L (an abdomen CT with the bases: 18 mL).
 LOW_LUNG_ML = 400.0
 PLAUSIBLE_HU_RANGE = (-3100.0, 32767.0)
+# Largest scan analysed, checked from the header before any pixel is read: the analysis peaks at about
+# 25 bytes per voxel (1.98 GB for 512x512x300, README benchmark), so 160 M voxels keeps it near the 4 GB target.
+MAX_VOXELS = 160_000_000
+PEAK_BYTES_PER_VOXEL = 25

@@ -105,6 +105,20 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"--{name} {value!r} is not one of {choices}")
 
 
+def _warn_coverage(labelmap, segments: list[dict], lesion_pct: dict, progress: Progress, warnings: list[str]) -> None:
+    """Warn (log and ``warnings``) when the lungs touch an image edge or one lung is far smaller than the other."""
+    from CovidCTAnalysisLib.loading.coverage import fov_cut_warning, lung_balance_warning
+    from CovidCTAnalysisLib.loading.volume import voxel_volume_ml
+
+    ml, vox_ml = {s["label"]: s["volume_ml"] for s in segments}, voxel_volume_ml(labelmap)
+    left = ml[LEFT_LUNG] + lesion_pct["lesion_voxels_left"] * vox_ml  # a lung's lesions are still that lung
+    right = ml[RIGHT_LUNG] + lesion_pct["lesion_voxels_right"] * vox_ml
+    for warning in (fov_cut_warning(labelmap), lung_balance_warning(left, right)):
+        if warning:
+            progress.log(warning, "warning")
+            warnings.append(warning)
+
+
 def _note_low_lung(volume, left_ml: float, right_ml: float, progress: Progress, warnings: list[str]):
     """``volume`` with a note when it shows little lung (also logged, and added to ``warnings``)."""
     from CovidCTAnalysisLib.loading.checks import lung_coverage_note
@@ -247,6 +261,7 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
         with stage("statistics"):
             segments = statistics.segment_statistics(volume.image, labelmap)
             lesion_pct = statistics.lesion_percent(labelmap)
+        _warn_coverage(labelmap, segments, lesion_pct, progress, warnings)
         if method != "model":  # the model path checked its threshold lungs before classifying
             ml = {s["label"]: s["volume_ml"] for s in segments}
             volume = _note_low_lung(volume, ml[LEFT_LUNG], ml[RIGHT_LUNG], progress, warnings)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from CovidCTAnalysisLib.constants import LOW_LUNG_ML, MAX_SPACING_MM, MIN_EXTENT_MM, MIN_SPACING_MM, PLAUSIBLE_HU_RANGE
+from CovidCTAnalysisLib.constants import (
+    LOW_LUNG_ML,
+    MAX_SPACING_MM,
+    MAX_VOXELS,
+    MIN_EXTENT_MM,
+    MIN_SPACING_MM,
+    PEAK_BYTES_PER_VOXEL,
+    PLAUSIBLE_HU_RANGE,
+)
 from CovidCTAnalysisLib.errors import InputError
 from CovidCTAnalysisLib.geometry import patient_axes
 
@@ -85,6 +93,18 @@ def check_values(image: sitk.Image) -> None:
     if lo < plo or hi > phi:
         raise InputError(f"intensity range [{lo:g}, {hi:g}] is outside the plausible HU range "
                          f"[{plo:g}, {phi:g}]; expected CT values in Hounsfield units")
+
+
+def check_voxel_count(size, where: str = "image") -> None:
+    """Refuse, from the header alone, a scan too large to analyse within the memory target (``MAX_VOXELS``)."""
+    n = int(np.prod([int(v) for v in size], dtype=np.int64))
+    if n <= MAX_VOXELS:
+        return
+    dims = "×".join(str(int(v)) for v in size)
+    raise InputError(
+        f"{where} has size {dims} = {n / 1e6:.0f} million voxels, over the {MAX_VOXELS / 1e6:.0f} million this tool "
+        f"analyses within its 4 GB memory target (it would need about {n * PEAK_BYTES_PER_VOXEL / 1e9:.0f} GB); "
+        "resample it first to coarser voxels (e.g. 0.8 mm pixels, 1.5 mm slices) or crop it to the chest")
 
 
 def check_ct_image(image: sitk.Image, where: str = "image") -> None:

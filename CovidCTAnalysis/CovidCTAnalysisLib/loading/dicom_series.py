@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTAnalysisLib.errors import InputError
+from CovidCTAnalysisLib.loading.checks import check_voxel_count
 from CovidCTAnalysisLib.loading.dicom_checks import SliceGeometry, order_slices
 from CovidCTAnalysisLib.loading.dicom_scan import (
     InstanceHeader,
@@ -66,6 +67,7 @@ def load_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
     what = chosen.describe()
     instances, n_copies = _drop_copies(chosen.instances)
     geometry = order_slices(instances, what)
+    check_voxel_count(geometry.size, what)  # before any pixel is decoded
     image = _read_pixels(geometry, what)
     source = _source_from_geometry(folder, geometry)
     notes = [*notes, *scan.ignored]

@@ -12,13 +12,17 @@ from __future__ import annotations
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from CovidCTAnalysisLib.errors import InputError
-from CovidCTAnalysisLib.loading.checks import check_ct_image
+from CovidCTAnalysisLib.loading.checks import check_ct_image, check_voxel_count
+from CovidCTAnalysisLib.loading.coverage import thick_slice_note
+from CovidCTAnalysisLib.loading.hu_scale import to_hounsfield
+from CovidCTAnalysisLib.loading.nifti_xform import qform_sform_note
 from CovidCTAnalysisLib.loading.volume import CTVolume
 
 # suffix (lower case) -> format name recorded in CTVolume.source_format
@@ -151,6 +155,10 @@ def read_image_file(path: Path, what: str = "image") -> sitk.Image:
         check = pool.submit(_check_nifti_complete, path)
         pool.shutdown(wait=False)
     try:
+        header = sitk.ImageFileReader()
+        header.SetFileName(str(path))
+        header.ReadImageInformation()  # size from the header: a huge scan is refused before its pixels are read
+        check_voxel_count(header.GetSize(), f"{what} {path}")
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         if check is not None:
@@ -193,7 +201,7 @@ def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
             volume = CTVolume(image=image, path=volume.path, source_format=volume.source_format,
                               dicom=volume.dicom, notes=volume.notes)
         check_ct_image(volume.image, where=f"DICOM series in {path}")
-        return volume
+        return _in_hounsfield(volume, f"DICOM series in {path}")
     if series_uid is not None:
         raise InputError(f"--series-uid {series_uid} was given but {path} is a file, not a DICOM folder; "
                          "expected a folder of DICOM files (or drop --series-uid)")
@@ -205,4 +213,16 @@ def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
                          f"{sorted(FORMATS)} or a DICOM series folder")
     image = _as_analysis_type(read_image_file(path, "input image"))
     check_ct_image(image, where=str(path))
-    return CTVolume(image=image, path=path.resolve(), source_format=fmt or "unknown")
+    notes = (qform_sform_note(path, image),) if fmt == "nifti" else ()
+    volume = CTVolume(image=image, path=path.resolve(), source_format=fmt or "unknown", notes=tuple(n for n in notes if n))
+    return _in_hounsfield(volume, str(path))
+
+
+def _in_hounsfield(volume: CTVolume, where: str) -> CTVolume:
+    """``volume`` in HU (``hu_scale``: a lost -1024 intercept corrected, other non-HU scales refused), with
+    notes on what was corrected and on thick slices (``coverage``)."""
+    image, hu_note = to_hounsfield(volume.image, where)
+    notes = tuple(n for n in (hu_note, thick_slice_note(image)) if n)
+    if not notes:
+        return volume
+    return replace(volume, image=image, notes=(*volume.notes, *notes))
