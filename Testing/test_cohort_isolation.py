@@ -156,3 +156,23 @@ def test_a_corrupt_file_and_a_non_ct_series_fail_with_the_loaders_message(tmp_pa
         assert status["error"] == " ".join(str(refused.value).split()) and status["error_type"] == "InputError"
         assert status["exit_code"] == InputError.exit_code
     assert "no CT series" in read_status(tmp_path / "out", "mr_series")["error"]
+
+
+def test_the_slurm_job_script_books_one_gpu_and_one_scan_slot_per_job(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from CovidCTAnalysisLib.cohort.clusters import slurm_cluster
+
+    cluster = slurm_cluster(cores=8, memory="48GB", gpus=1, queue="gpu", account="lab42", walltime="02:00:00",
+                            log_directory=str(tmp_path))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    for directive in ("#SBATCH -p gpu", "#SBATCH -A lab42", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00",
+                      "#SBATCH --gres=gpu:1"):
+        assert directive in lines, script
+    worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    assert "--nthreads 1" in worker and "--nworkers" not in worker  # one worker, one scan at a time per job
+    assert "--resources GPU=1" in worker  # what covidct batch --device cuda asks for
+    assert "--memory-limit 44.70GiB" in worker  # 48 GB, the job's memory, is the worker's limit
