@@ -31,11 +31,11 @@ def rotation(axis: int, degrees: float) -> np.ndarray:
     return r
 
 
-def image(size=(6, 5, 4), spacing=(0.7, 1.1, 2.5), origin=(-10.0, 20.0, 5.0), direction=np.eye(3)) -> sitk.Image:
+def image(size=(6, 5, 4), spacing=(0.7, 1.1, 2.5), origin=(-10.0, 20.0, 5.0), direction=None) -> sitk.Image:
     img = sitk.Image(list(size), sitk.sitkUInt8)
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
-    img.SetDirection(tuple(float(v) for v in np.asarray(direction).ravel()))
+    img.SetDirection(tuple(float(v) for v in np.asarray(np.eye(3) if direction is None else direction).ravel()))
     return img
 
 

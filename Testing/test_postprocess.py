@@ -112,3 +112,57 @@ def test_a_small_lung_is_kept_while_specks_go():
     out = sitk.GetArrayFromImage(postprocess_labelmap(as_image(arr)))
     assert (out[8:11, 15:19, 10:14] == 2).all()
     assert not out[0:2, 0:2, 0:2].any()
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _signed_permutation(perm, signs) -> np.ndarray:
+    d = np.zeros((3, 3))
+    for j, (k, s) in enumerate(zip(perm, signs, strict=True)):
+        d[k, j] = s
+    return d
+
+
+ORIENTATIONS = [
+    _signed_permutation((1, 0, 2), (1, 1, 1)),  # image x runs along LPS y, image y along LPS x
+    _signed_permutation((1, 0, 2), (-1, -1, 1)),
+    _signed_permutation((2, 1, 0), (1, 1, 1)),  # image z runs along the patient's left-right axis (sagittal stack)
+    _signed_permutation((0, 2, 1), (-1, 1, -1)),  # coronal, x flipped
+    _rotation_z(35.0) @ _signed_permutation((1, 0, 2), (1, -1, 1)),  # tilted and axis-swapped
+    _rotation_z(-40.0),  # tilted: image x still closest to LPS x, but only at cos 40
+]
+
+
+def lungs_placed_by_patient_side(direction: np.ndarray, left_label: int, right_label: int) -> sitk.Image:
+    """A 32^3 labelmap whose two lungs are put by LPS x (patient's left = +x), whatever the direction."""
+    img = sitk.Image([32, 32, 32], sitk.sitkUInt8)
+    img.SetSpacing((2.0, 2.0, 2.0))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    img.SetOrigin(tuple(float(v) for v in -direction @ np.full(3, 31.0)))  # centre of the volume at LPS 0
+    k, j, i = np.meshgrid(*[np.arange(32)] * 3, indexing="ij")  # (z, y, x) arrays of index z, y, x
+    lps = np.tensordot(direction, np.stack([i, j, k]) * 2.0, axes=1) + np.array(img.GetOrigin())[:, None, None, None]
+    x, y, z = lps
+    body = (np.abs(y) < 16) & (np.abs(z) < 16)
+    arr = np.zeros((32, 32, 32), np.uint8)
+    arr[body & (x > 6) & (x < 26)] = left_label
+    arr[body & (x < -6) & (x > -26)] = right_label
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+@pytest.mark.parametrize("direction", ORIENTATIONS, ids=["swap-xy", "swap-xy-flipped", "sagittal", "coronal",
+                                                         "tilted-swapped", "tilted-40"])
+def test_left_right_follow_the_patient_for_axis_swapped_and_tilted_directions(direction):
+    # Catches a side taken from the array's x index (times direction[0, 0]) instead of patient coordinates.
+    correct = lungs_placed_by_patient_side(direction, 1, 2)
+    truth = sitk.GetArrayFromImage(correct)
+    assert (truth == 1).sum() > 1000 and (truth == 2).sum() > 1000
+    out, notes = postprocess_with_notes(lungs_placed_by_patient_side(direction, 2, 1))
+    assert np.array_equal(sitk.GetArrayFromImage(out), truth), notes
+    assert any("swapped" in n for n in notes)
+    kept, notes = postprocess_with_notes(correct)
+    assert np.array_equal(sitk.GetArrayFromImage(kept), truth) and notes == []

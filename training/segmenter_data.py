@@ -30,9 +30,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.loading.load import load_ct, read_image_file
+from CovidCTAnalysisLib.masks import sides_reversed, swap_left_right
 
 from training.phantom_cache import phantom_set
 
@@ -138,15 +138,8 @@ def read_image_hu(case: SegCase, radiopaedia_hu: bool = True) -> sitk.Image:
 
 def check_sides(label: sitk.Image, case_id: str = "") -> str | None:
     """None if label 1 lies to the patient's left of label 2 (LPS +x), else a warning text."""
-    arr = sitk.GetArrayViewFromImage(label)
-    cx = []
-    for lab in (1, 2):
-        idx = np.argwhere(arr == lab)
-        if not len(idx):
-            return None
-        z, y, x = idx.mean(axis=0)
-        cx.append(label.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))[0])
-    if cx[0] > cx[1]:
+    cx = sides_reversed(label)
+    if cx is None:
         return None
     return (f"{case_id}: label 1 ('left lung') has its centroid at LPS x={cx[0]:.0f} mm, right of label 2 at "
             f"x={cx[1]:.0f} mm; in patient coordinates these labels look swapped")
@@ -162,8 +155,7 @@ def read_label(case: SegCase, n_labels: int, sides: str = "warn") -> sitk.Image:
         problem = check_sides(lab, case.case_id)
         if problem:
             if sides == "fix":
-                left, right = arr == 1, arr == 2
-                arr[left], arr[right] = 2, 1
+                swap_left_right(arr)
                 case.notes.append(problem + "; swapped (--sides fix)")
                 out = sitk.GetImageFromArray(arr)
                 out.CopyInformation(lab)

@@ -33,38 +33,34 @@ from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.geometry import bounding_box, patient_axes
+from CovidCTAnalysisLib.masks import pieces, sides_reversed, swap_left_right
 
 MIN_FRACTION = 0.1
 LESION_MARGIN_MM = 10.0
 
 
-def _physical_x_of_centroid(mask: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> float:
-    """LPS x (mm) of the centroid of ``mask`` (a (z, y, x) box starting at ``offset`` of ``image``)."""
-    total = float(mask.sum())
-    idx_zyx = []
-    for axis in range(3):  # projections instead of np.nonzero: no index arrays of millions of voxels
-        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
-        idx_zyx.append(float((np.arange(profile.size) * profile).sum()) / total + offset[axis])
-    point = image.TransformContinuousIndexToPhysicalPoint(tuple(idx_zyx[::-1]))
-    return float(point[0])
+def _box_image(sub: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> sitk.Image:
+    """``sub`` (a (z, y, x) box starting at ``offset`` of ``image``) as an image in the same physical place."""
+    out = sitk.GetImageFromArray(sub)
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(image.GetDirection())
+    out.SetOrigin(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in offset[::-1])))
+    return out
 
 
 def _drop_small_pieces(sub: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
     """Mask of the pieces of ``sub > 0`` at least ``min_fraction`` of the largest, plus the main piece
     of each lung label (a small or collapsed lung is never dropped); and how many were dropped."""
-    lab, n = ndi.label(sub > 0)
-    if n <= 1:
+    p = pieces(sub > 0)
+    if p.n <= 1:
         return sub > 0, 0
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    keep = sizes >= min_fraction * sizes.max()
+    keep = p.large(min_fraction)
     for value in (LEFT_LUNG, RIGHT_LUNG):
-        counts = np.bincount(lab[sub == value], minlength=n + 1)
+        counts = np.bincount(p.labels[sub == value], minlength=p.n + 1)
         counts[0] = 0
         if counts.any():
             keep[int(np.argmax(counts))] = True
-    keep[0] = False
-    return keep[lab], int(n - keep.sum())
+    return p.select(keep), int(p.n - keep.sum())
 
 
 def _outside_lungs(lungs: np.ndarray, spacing_zyx, distance_mm: float, axial_axis: int,
@@ -111,20 +107,18 @@ def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
     """Step 3 in place; returns how many islands changed label."""
     changed = 0
     for value, other in ((LEFT_LUNG, RIGHT_LUNG), (RIGHT_LUNG, LEFT_LUNG)):
-        lab, n = ndi.label(sub == value)
-        if n <= 1:
+        p = pieces(sub == value)
+        if p.n <= 1:
             continue
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        sizes[0] = 0
-        small = np.nonzero(sizes < min_fraction * sizes.max())[0]
+        small = np.nonzero(~p.large(min_fraction))[0]
         small = small[small > 0]
         if small.size == 0:
             continue
-        touching = small[_touches(lab, sub == other, n)[small]]
+        touching = small[_touches(p.labels, sub == other, p.n)[small]]
         if touching.size:
-            table = np.zeros(n + 1, dtype=bool)
+            table = np.zeros(p.n + 1, dtype=bool)
             table[touching] = True
-            sub[table[lab]] = other
+            sub[p.select(table)] = other
             changed += int(touching.size)
     return changed
 
@@ -153,14 +147,11 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
         sub[~keep] = 0
         notes.append(f"removed {dropped} stray piece(s) of {removed * voxel_ml:.1f} mL outside the main lung region")
 
-    if (sub == LEFT_LUNG).any() and (sub == RIGHT_LUNG).any():
-        x_left = _physical_x_of_centroid(sub == LEFT_LUNG, labels, offset)
-        x_right = _physical_x_of_centroid(sub == RIGHT_LUNG, labels, offset)
-        if x_left < x_right:  # LPS +x is the patient's left: label 1 must lie at larger x
-            left = sub == LEFT_LUNG
-            sub[sub == RIGHT_LUNG] = LEFT_LUNG
-            sub[left] = RIGHT_LUNG
-            notes.append(f"left/right lung labels were reversed (label 1 centroid at LPS x {x_left:.0f} mm, label 2 "
+    reversed_x = sides_reversed(_box_image(sub, labels, offset))  # physical centroids: any direction matrix
+    if reversed_x is not None:
+        x_left, x_right = reversed_x
+        swap_left_right(sub)
+        notes.append(f"left/right lung labels were reversed (label 1 centroid at LPS x {x_left:.0f} mm, label 2 "
                          f"at {x_right:.0f} mm; the patient's left is +x) and have been swapped")
 
     changed = _relabel_islands(sub, min_fraction)

@@ -36,9 +36,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from CovidCTAnalysisLib.constants import DEFAULT_CLASSIFIER_WINDOWS, DEFAULT_SEGMENTER_HU_RANGE, LEFT_LUNG, RIGHT_LUNG
+from CovidCTAnalysisLib.constants import DEFAULT_CLASSIFIER_WINDOWS, DEFAULT_SEGMENTER_HU_RANGE
 from CovidCTAnalysisLib.errors import ModelError
 from CovidCTAnalysisLib.geometry import aligned_grid, patient_axes
+from CovidCTAnalysisLib.masks import swap_left_right
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -365,9 +366,7 @@ def _make_lr_flip():
             for key in self.key_iterator(d):
                 x = torch.flip(torch.as_tensor(d[key]), dims=(-1,))
                 if key == self.label_key:
-                    left, right = x == LEFT_LUNG, x == RIGHT_LUNG
-                    x = x.clone()
-                    x[left], x[right] = RIGHT_LUNG, LEFT_LUNG
+                    x = swap_left_right(x.clone())
                 d[key] = x
             return d
 

@@ -13,20 +13,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import BODY_THRESHOLD_HU
+from CovidCTAnalysisLib.masks import largest_piece
 
 # In-plane (4-)connectivity only: every axial slice is labelled on its own.
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of ``mask`` (all False if empty)."""
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def fill_holes_axial(
@@ -93,7 +84,7 @@ def body_and_inside_air(
     at the border count as inside too.
     """
     dense = (hu > BODY_THRESHOLD_HU) & ~outside_fov
-    tissue = largest_component(dense)
+    tissue = largest_piece(dense)
     body = fill_holes_axial(tissue, fill_border=_cropped_lung_air(hu, outside_fov, tissue))
     inside_air = body & (hu < air_max_hu) & ~outside_fov
     return body, inside_air

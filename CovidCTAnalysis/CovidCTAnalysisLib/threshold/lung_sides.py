@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import LEFT_LUNG, RIGHT_LUNG
+from CovidCTAnalysisLib.masks import pieces
 
 # A piece with at least this share of its voxels on the other side of the
 # midline is treated as both lungs joined.
@@ -39,15 +40,14 @@ def _split_by_erosion(piece: np.ndarray, midline_x: float, spacing_x: float) -> 
     steps = max(1, int(MAX_SPLIT_EROSION_MM / spacing_x))
     for _ in range(steps):
         eroded = ndi.binary_erosion(eroded, ball)
-        labels, n = ndi.label(eroded)
-        if n < 2:
-            if n == 0:
+        p = pieces(eroded)
+        if p.n < 2:
+            if p.n == 0:
                 return None
             continue
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        a, b = np.argsort(sizes)[::-1][:2]
-        if sizes[b] < 0.1 * sizes[a]:
+        labels = p.labels
+        a, b = np.argsort(p.sizes)[::-1][:2]
+        if not p.large(0.1)[b]:
             continue  # a small bit broke off; keep eroding
         left_a = _side_of(labels == a, midline_x) > 0.5
         left_b = _side_of(labels == b, midline_x) > 0.5

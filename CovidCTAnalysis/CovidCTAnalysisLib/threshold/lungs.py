@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 from CovidCTAnalysisLib.constants import DENSE_LUNG_MAX_HU, LEFT_LUNG, LESION, LUNG_BAND_HU, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError
 from CovidCTAnalysisLib.geometry import bounding_box, patient_axes
+from CovidCTAnalysisLib.masks import pieces
 from CovidCTAnalysisLib.threshold.airway import find_trachea_seed, grow_airway
 from CovidCTAnalysisLib.threshold.body_mask import body_and_inside_air, fill_holes_axial
 from CovidCTAnalysisLib.threshold.grid import array_to_image, labels_to_grid, to_working
@@ -74,18 +75,17 @@ class LungExtent:
 
 
 def _keep_lung_pieces(candidates: np.ndarray, hu: np.ndarray, voxel_ml: float) -> np.ndarray:
-    labels, n = ndi.label(candidates)
-    if n == 0:
+    p = pieces(candidates)
+    if p.n == 0:
         return np.zeros_like(candidates)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
     # Median HU below GAS_MEDIAN_HU <=> more than half the voxels below it.
-    gas = np.bincount(labels[hu < GAS_MEDIAN_HU], minlength=n + 1)
-    ok = (sizes * voxel_ml >= MIN_PIECE_ML) & (gas <= 0.5 * sizes)
+    gas = np.bincount(p.labels[hu < GAS_MEDIAN_HU], minlength=p.n + 1)
+    ok = (p.sizes * voxel_ml >= MIN_PIECE_ML) & (gas <= 0.5 * p.sizes)
     ok[0] = False
     if not ok.any():
         return np.zeros_like(candidates)
-    ok &= sizes >= MIN_PIECE_FRACTION * sizes[ok].max()
-    return ok[labels]
+    ok &= p.large(MIN_PIECE_FRACTION, among=ok)
+    return p.select(ok)
 
 
 def _radius(spacing: tuple[float, ...], radius_mm: float, size: tuple[int, ...]) -> list[int]:
