@@ -156,3 +156,14 @@ def test_no_lung_slices_and_wrong_task_refused():
     ext = Extent(z_indices=(0,), bbox_index=(2, 0, 0, 22, 20, 8), axial_indices=(0,))
     with pytest.raises(ModelError, match="segmentation model"):
         classify(img, ext, seg, "cpu")
+
+
+@pytest.mark.parametrize("fraction, n, k", [(0.25, 7, 2), (0.3, 10, 3), (0.1, 9, 1), (0.01, 5, 1), (0.5, 5, 3)])
+def test_top_fraction_takes_the_fraction_rounded_up(fraction, n, k):
+    # 0.25 of 7 slices is 1.75: the rule averages the top 2 (rounding up), never 1 (rounding down)
+    rng = np.random.default_rng(n)
+    probs = rng.dirichlet(np.ones(3), size=n)
+    ranked = probs[np.argsort(-(1.0 - probs[:, 0]), kind="stable")]
+    got = aggregate(probs, CLASSES, {"rule": "top_fraction_mean", "fraction": fraction})
+    assert np.allclose(got, ranked[:k].mean(axis=0))
+    assert not np.allclose(got, ranked[:k - 1].mean(axis=0) if k > 1 else ranked[:2].mean(axis=0))
