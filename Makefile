@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch/torchvision pinned to the releases this project is tested with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# Models live here unless COVIDCT_MODELS_DIR says otherwise.
-export COVIDCT_MODELS_DIR ?= $(CURDIR)/.models
+# Models: make demo installs into the folder covidct and the Slicer panel read by default,
+# $COVIDCT_MODELS_DIR if set, else ~/.cache/covidct/models (CovidCTAnalysisLib/models/registry.py).
 
 .PHONY: all venv demo test test-fast bench lint clean
 

@@ -237,3 +237,68 @@ def test_models_are_listed_and_resolved_without_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["['seg-test'] 0.1.0", "load needs torch"]
+
+
+def _clean_env(home: Path) -> dict:
+    """A new shell's environment: no COVIDCT_* variables, HOME a fresh folder."""
+    import os
+
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
+
+
+def test_make_demo_installs_where_a_plain_covidct_looks(tmp_path):
+    """`make demo` runs `$(BIN)/python -m training.demo` with the environment make gives it; training.demo installs
+    into ``ModelRegistry(None)``. A stand-in python records that environment and installs a model there; then
+    `covidct models list` in a new shell (no COVIDCT_MODELS_DIR) must find it in ~/.cache/covidct/models."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    src = make_folder(tmp_path / "src")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    record = tmp_path / "make-env.txt"
+    # the stand-in python: what `make demo` asked for, the models folder it was given, then training.demo's install
+    (fake_bin / "python").write_text(
+        "#!/bin/sh\n"
+        f"echo \"$@|${{COVIDCT_MODELS_DIR-unset}}\" > {record}\n"
+        f"exec {sys.executable} -c 'import sys; from CovidCTAnalysisLib.models.registry import ModelRegistry; "
+        f"ModelRegistry(None).install(sys.argv[1])' {src}\n")
+    (fake_bin / "python").chmod(0o755)
+    done = subprocess.run(["make", "-s", "demo", f"BIN={fake_bin}", f"STAMP={repo / 'Makefile'}"], cwd=repo,
+                          env=_clean_env(home), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert record.read_text().strip() == "-m training.demo|unset"
+    covidct = [sys.executable, "-m", "CovidCTAnalysisLib.cli"]
+    listed = subprocess.run(covidct + ["models", "list"], cwd=tmp_path, env=_clean_env(home),
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert str(home / ".cache" / "covidct" / "models") in listed.stdout and "seg-test@0.1.0" in listed.stdout
+    assert (home / ".cache" / "covidct" / "models" / "seg-test" / "0.1.0" / METADATA_FILE).is_file()
+
+
+def test_no_model_message_names_the_folder_searched_and_why(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    from CovidCTAnalysisLib.phantom.generator import make_phantom, write_phantom
+
+    image = write_phantom(make_phantom("covid", 1, size=(48, 48, 32)), tmp_path / "ph")["image"]
+    run = subprocess.run([sys.executable, "-m", "CovidCTAnalysisLib.cli", "analyze", str(image), "-o",
+                          str(tmp_path / "out"), "--progress", "none"], cwd=tmp_path, env=_clean_env(home),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == ModelError.exit_code
+    err = run.stderr
+    assert f"Searched {home / '.cache' / 'covidct' / 'models'} (the default" in err
+    assert "make demo" in err and "covidct models install PATH" in err and "COVIDCT_MODELS_DIR" in err
+    assert not (tmp_path / "out").exists()
+    # the other two ways to choose the folder say which one was used
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(tmp_path / "env-models"))
+    with pytest.raises(ModelError, match=r"Searched .*env-models \(from \$COVIDCT_MODELS_DIR\)"):
+        ModelRegistry().resolve("classification")
+    with pytest.raises(ModelError, match=r"Searched .*given-models \(given with --models-dir\)"):
+        ModelRegistry(tmp_path / "given-models").resolve("classification")

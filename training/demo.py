@@ -2,7 +2,8 @@
 
     python -m training.demo [--retrain] [--quick]
 
-1. Unless both demo models are installed already (registry at ``$COVIDCT_MODELS_DIR``), train
+1. Unless both demo models are installed already (in the registry ``covidct`` reads by default:
+   ``$COVIDCT_MODELS_DIR``, else ``~/.cache/covidct/models``; or ``--models-dir``), train
    the classifier and the 4-label segmenter on phantoms (seeds 0-11 and 0-23), export them as model
    folders, choose the classifier's slice aggregation on its validation patients (training seeds,
    ``training.tune_aggregation``), evaluate them on phantoms whose seeds were never used in training (100-104) with
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n")[0])
     p.add_argument("--retrain", action="store_true", help="train again even if the demo models are installed")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test; the models will be poor)")
-    p.add_argument("--models-dir", help="default $COVIDCT_MODELS_DIR")
+    p.add_argument("--models-dir", help="default: where covidct looks, $COVIDCT_MODELS_DIR or ~/.cache/covidct/models")
     p.add_argument("--work-dir", help="default $COVIDCT_DEMO_DIR or <repo>/.demo")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = p.parse_args(argv)

@@ -1,6 +1,8 @@
 """The installed models: ``<root>/<id>/<version>/{metadata.json, model.safetensors}``.
 
-``root`` is ``--models-dir``, else ``$COVIDCT_MODELS_DIR``, else ``~/.cache/covidct/models``.
+``root`` is ``--models-dir``, else ``$COVIDCT_MODELS_DIR``, else ``~/.cache/covidct/models``: one folder,
+the same for ``covidct``, the Slicer panel and ``make demo`` (which installs there), so what one installs the
+others find. A "no model" message names the folder searched and why that one.
 The sha256 of the weights is checked when a model is installed and again on every
 load; a mismatch is refused. ``resolve`` never swaps one model for another behind
 the caller's back: it returns exactly the model asked for, or — when none is named —
@@ -42,19 +44,34 @@ ENV_VAR = "COVIDCT_MODELS_DIR"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
+HOME_MODELS_DIR = Path("~") / ".cache" / "covidct" / "models"
+
+
 def default_models_dir() -> Path:
     """``$COVIDCT_MODELS_DIR`` or ``~/.cache/covidct/models``."""
     env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "covidct" / "models"
+    return Path(env).expanduser() if env else HOME_MODELS_DIR.expanduser()
 
 
-def how_to_get_models(task: str, root: Path, lead: str | None = None) -> str:
-    """The message for 'no model': ``lead`` (default: none installed in ``root``) and the ways to get one."""
-    lead = lead or f"no {task} model is installed in {root}"
-    return (f"{lead}. Get one with `make demo` (trains demo models on synthetic "
-            f"phantoms and installs them; not for real scans) or install a model folder (metadata.json + "
-            f"model.safetensors) with `covidct models install PATH`. Use --models-dir or ${ENV_VAR} to point at "
-            f"another models folder.")
+def models_dir_origin(root: Path | str | None = None) -> str:
+    """Why the registry is where it is: the words a message puts after the folder."""
+    if root is not None:
+        return "given with --models-dir"
+    if os.environ.get(ENV_VAR):
+        return f"from ${ENV_VAR}"
+    return f"the default; neither --models-dir nor ${ENV_VAR} is set"
+
+
+def how_to_get_models(task: str, root: Path, lead: str | None = None, origin: str | None = None) -> str:
+    """The message for 'no model': ``lead`` (default: none installed), the folder searched and how to fill it."""
+    lead = lead or f"no {task} model is installed"
+    origin = origin or models_dir_origin(None if Path(root) == default_models_dir() else root)
+    # The sentence "Get one with `make demo` ... `covidct models install PATH`." is swapped for the panel's own
+    # actions by CovidCTAnalysisSlicer.models.panelModelMessage: keep its first and last words.
+    return (f"{lead}. Searched {root} ({origin}). Get one with `make demo` in a CovidCTAnalysis checkout (DEMO "
+            f"models trained on synthetic phantoms, not for real scans; it installs them into {default_models_dir()}) "
+            f"or with `covidct models install PATH`. A model folder holds metadata.json + model.safetensors; "
+            f"--models-dir or ${ENV_VAR} point at another models folder; `covidct models list` shows what is installed.")
 
 
 def version_key(version: str) -> tuple:
@@ -69,6 +86,7 @@ class ModelRegistry:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_models_dir()
+        self.origin = models_dir_origin(root)  # for messages: why this folder
 
     # --- reading -------------------------------------------------------------------------------------------
     def _folders(self) -> list[Path]:
@@ -133,7 +151,7 @@ class ModelRegistry:
             if not same_id:
                 have = ", ".join(f"{m.id}@{m.version}" for m in models) or "none"
                 raise ModelError(how_to_get_models(
-                    task, self.root, f"model {spec!r} is not installed in {self.root} (installed {task} models: {have})"))
+                    task, self.root, f"model {spec!r} is not installed (installed {task} models: {have})", self.origin))
             wrong = [m for m in same_id if m.task != task]
             if wrong and len(wrong) == len(same_id):
                 raise ModelError(f"model {spec!r} is a {wrong[0].task} model; expected a {task} model")
@@ -147,9 +165,9 @@ class ModelRegistry:
             broken = self.problems()
             lead = None
             if broken:
-                lead = (f"no usable {task} model is installed in {self.root} ({len(broken)} folder(s) there cannot be "
+                lead = (f"no usable {task} model is installed ({len(broken)} folder(s) there cannot be "
                         f"read, e.g. {broken[0][0]}: {broken[0][1]}; `covidct models verify` lists them)")
-            raise ModelError(how_to_get_models(task, self.root, lead))
+            raise ModelError(how_to_get_models(task, self.root, lead, self.origin))
         real = [m for m in models if not m.demo]
         pool = real or models
         return max(pool, key=lambda m: (version_key(m.version), m.id))
@@ -171,8 +189,8 @@ class ModelRegistry:
             meta = self.resolve(task, meta_or_spec)
         folder = self.folder(meta)
         if not (folder / METADATA_FILE).is_file():
-            raise ModelError(how_to_get_models(meta.task, self.root,
-                                               f"model {meta.id}@{meta.version} is not installed in {self.root}"))
+            raise ModelError(how_to_get_models(meta.task, self.root, f"model {meta.id}@{meta.version} is not installed",
+                                               self.origin))
         from CovidCTAnalysisLib.models.folder import load_model_folder
 
         loaded = load_model_folder(folder, device=device)
