@@ -241,6 +241,16 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
             if crosscheck.get("flag"):
                 progress.log(f"lung cross-check: {crosscheck.get('message')}", "warning")
                 warnings.append(f"lung cross-check: {crosscheck.get('message')}")
+        from CovidCTAnalysisLib.results.plausibility import check_model_result
+
+        with stage("plausibility"):  # flags a result not to trust (class vs lesion, disagreement, unlike training)
+            guard = check_model_result(
+                volume.image, lungs, label=classification.label, labelmap=labelmap,
+                probability=classification.probabilities.get(classification.label),
+                model_profiles={m.id: m.raw.get("input_profile") for m in model_metas})
+        for note in guard["warnings"]:
+            progress.log(note, "warning")
+            warnings.append(note)
     else:
         if segment != "never":
             from CovidCTAnalysisLib.threshold.lesions import threshold_labelmap
