@@ -273,3 +273,33 @@ def test_a_chest_scan_is_not_flagged(covid_nifti, tmp_path, capsys):
                 capsys)[0] == 0
     report = json.loads((out / "report.json").read_text())
     assert not any("mL of lung" in n for n in report["input"]["notes"]) and report["warnings"] == []
+
+
+@pytest.mark.parametrize("old_outputs", [False, True], ids=["new-folder", "force-over-old-outputs"])
+def test_a_failure_inside_the_write_stage_leaves_the_folder_as_it_was(covid_nifti, tmp_path, capsys, monkeypatch,
+                                                                      old_outputs):
+    # The last writer (report.json, after the labelmaps and the preview were written) dies half-way: a run
+    # that wrote straight into the output folder would leave those files, or a mix of old and new, behind.
+    import errno
+
+    from CovidCTAnalysisLib.errors import OutputError
+    from CovidCTAnalysisLib.results import outputs
+
+    out = tmp_path / "out"
+    args = ["analyze", str(covid_nifti), "-o", str(out), "--method", "threshold", "--progress", "none"]
+    if old_outputs:
+        assert _run(args + ["--segment", "never"], capsys)[0] == 0
+        (out / "notes.txt").write_text("the user's own file")
+        args.append("--force")
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else None
+
+    def dies_half_way(obj, path):
+        Path(path).write_text('{"classification": ')
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "write_json", dies_half_way)
+    code, _, err = _run(args, capsys)
+    assert code == OutputError.exit_code and "No space left on device" in err, err
+    after = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else None
+    assert after == before  # no folder when there was none; the old outputs byte for byte otherwise
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if old_outputs else [])  # no temp left
