@@ -120,7 +120,40 @@ def check_model_folder(path: str | Path) -> ModelMetadata:
     if actual != meta.sha256:
         raise ModelError(f"sha256 of {weights} is {actual}, but {METADATA_FILE} says {meta.sha256}; the weights are "
                          "corrupt or were replaced. Refusing this model; reinstall it from a good copy.")
+    check_weights_fit(meta, weights)
     return meta
+
+
+def check_weights_fit(meta: ModelMetadata, weights: Path) -> None:
+    """Refuse weights whose tensor names, shapes or dtypes do not fit ``meta.architecture``.
+
+    Reads only the safetensors header (no tensor data) and compares it with the network built on the
+    meta device (no memory), so a folder that would fail to load is refused at install, not at analysis.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    with torch.device("meta"):
+        expected = build_module(meta).state_dict()
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{weights} is not a readable safetensors file ({str(e)[:200]}); reinstall the model") from e
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ModelError(f"{weights} does not fit architecture {meta.architecture}: missing tensors {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; the weights belong to another network")
+    for key, tensor in expected.items():
+        shape, dtype = found[key]
+        want_dtype = _SAFETENSORS_DTYPES.get(tensor.dtype, str(tensor.dtype))
+        if shape != tuple(tensor.shape) or dtype != want_dtype:
+            raise ModelError(f"{weights}: tensor {key!r} is {dtype} {list(shape)}, but architecture "
+                             f"{meta.architecture.get('name')} expects {want_dtype} {list(tensor.shape)}; "
+                             "the weights do not belong to this metadata")
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -41,6 +41,7 @@ from CovidCTAnalysisLib.errors import ModelError
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
+MAX_METADATA_BYTES = 1_000_000
 TASKS = ("classification", "segmentation", "interactive")
 REQUIRED_KEYS = ("id", "version", "task", "architecture", "sha256", "trained_on", "intended_use",
                  "preprocessing", "labels", "eval_metrics", "demo")
@@ -130,10 +131,14 @@ def read_metadata(model_dir: str | Path) -> ModelMetadata:
     path = Path(model_dir) / METADATA_FILE
     if not path.is_file():
         raise ModelError(f"{model_dir} is not a model folder: {METADATA_FILE} is missing")
+    size = path.stat().st_size
+    if size > MAX_METADATA_BYTES:  # a real one is a few kB; never read an untrusted giant into memory
+        raise ModelError(f"{path} is {size} bytes, over the {MAX_METADATA_BYTES} a {METADATA_FILE} may have; "
+                         "refusing this model folder")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, absurd nesting
+        raise ModelError(f"{path} is not valid JSON (UTF-8): {str(e)[:200]}") from e
     if not isinstance(raw, dict):
         raise ModelError(f"{path} holds a {type(raw).__name__}, expected a JSON object")
     return validate_metadata(raw, where=str(path))
