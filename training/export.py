@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from CovidCTAnalysisLib.models.folder import save_model_folder
 from CovidCTAnalysisLib.models.metadata import ModelMetadata
-from CovidCTAnalysisLib.models.networks import build_classifier, build_segmenter
+from CovidCTAnalysisLib.models.networks import build_classifier, build_interactive, build_segmenter
 
 from training.common import CHECKPOINT_BEST, INTENDED_USE, git_commit, versions
 from training.train_classifier import read_run
@@ -41,9 +41,12 @@ def trained_on_line(run: dict, demo: bool) -> str:
 def build_metadata(run: dict, model_id: str, version: str, demo: bool, description: str | None = None) -> dict:
     """The ``metadata.json`` fields (all but sha256, which ``save_model_folder`` fills in)."""
     task = run["task"]
-    what = "Normal / Pneumonia / COVID-19 classifier (ResNet-50, 2-D slices)" if task == "classification" \
-        else "left lung / right lung / lesion segmenter (MONAI 3D U-Net)"
+    what = {"classification": "Normal / Pneumonia / COVID-19 classifier (ResNet-50, 2-D slices)",
+            "interactive": "interactive lesion correction by clicks (DeepGrow-style MONAI 3D U-Net)"}.get(
+        task, "left lung / right lung / lesion segmenter (MONAI 3D U-Net)")
+    extra = {"click_simulation": run["click_simulation"]} if task == "interactive" else {}
     return {
+        **extra,
         "id": model_id,
         "version": version,
         "task": task,
@@ -74,7 +77,8 @@ def load_trained_module(run_dir: Path, run: dict, checkpoint: str = CHECKPOINT_B
     if not path.is_file():
         raise SystemExit(f"{path} does not exist; train first (it is written by train_classifier/train_segmenter)")
     kwargs = dict(run["architecture"]["kwargs"])
-    module = build_classifier(**kwargs) if run["task"] == "classification" else build_segmenter(**kwargs)
+    builder = {"classification": build_classifier, "interactive": build_interactive}.get(run["task"], build_segmenter)
+    module = builder(**kwargs)
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["model"])
     return module.eval()

@@ -18,12 +18,12 @@ import sys
 from collections.abc import Sequence
 
 from CovidCTAnalysisLib import INTENDED_USE, __version__
-from CovidCTAnalysisLib.cli import analyze, batch, models, phantom
+from CovidCTAnalysisLib.cli import analyze, batch, models, phantom, refine
 from CovidCTAnalysisLib.errors import CovidCTError
 from CovidCTAnalysisLib.results.interrupts import interrupted_exit_code, interrupted_message
 
 # In the order `covidct --help` lists them.
-SUBCOMMANDS = (analyze, batch, phantom, models)
+SUBCOMMANDS = (analyze, batch, refine, phantom, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

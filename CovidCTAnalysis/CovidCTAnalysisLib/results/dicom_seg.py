@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from CovidCTAnalysisLib import __version__
-from CovidCTAnalysisLib.constants import LABEL_NAMES, TERMINOLOGY
+from CovidCTAnalysisLib.constants import LABEL_NAMES, LESION, TERMINOLOGY
 from CovidCTAnalysisLib.errors import DicomSegError
 from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.loading.dicom_scan import format_uid, uid_problem
@@ -42,6 +42,7 @@ from CovidCTAnalysisLib.loading.volume import CTVolume, DicomSource
 log = logging.getLogger(__name__)
 
 DEFAULT_SERIES_DESCRIPTION = "CovidCTAnalysis lungs and lesions (research)"
+CORRECTED_SERIES_DESCRIPTION = "CovidCTAnalysis lungs and lesions, corrected (research)"
 DEFAULT_SERIES_NUMBER = 1000
 DEMO_TAG = "[DEMO: synthetic phantoms]"
 MANUFACTURER = "CovidCTAnalysis"
@@ -116,6 +117,7 @@ def write_dicom_seg(
     models: Sequence[Any],
     series_description: str = DEFAULT_SERIES_DESCRIPTION,
     series_number: int = DEFAULT_SERIES_NUMBER,
+    corrected: bool = False,
 ) -> SegWriteResult:
     """Write ``labelmap`` (uint8 1 = left lung, 2 = right lung, 3 = lesion) as a BINARY DICOM SEG.
 
@@ -127,6 +129,8 @@ def write_dicom_seg(
     warning, and listed in ``empty_segments``. Raises ``DicomSegError`` if the
     labelmap does not lie on the source grid or the file cannot be written. The
     file appears atomically (temp file + rename); new UIDs on every call.
+    ``corrected``: the lesion was corrected by clicks (``covidct refine``), so the lesion segment is
+    SEMIAUTOMATIC (the lungs stay AUTOMATIC) and the content description says so.
     """
     output_path = Path(output_path)
     problem = seg_reference_problem(source)
@@ -151,7 +155,8 @@ def write_dicom_seg(
         # readers can show, so it is left out rather than written as a hollow entry.
         log.warning("DICOM SEG: empty segment(s) left out: %s", ", ".join(empty))
     algorithm = _algorithm_identification(models)
-    descriptions = [_segment_description(number, value, algorithm) for number, value in enumerate(present, 1)]
+    descriptions = [_segment_description(number, value, algorithm, corrected and value == LESION)
+                    for number, value in enumerate(present, 1)]
     # A label-map style array (segment number per pixel) rather than a stack of masks: our
     # segments never overlap, and highdicom then skips a costly overlap check.
     lut = np.zeros(256, dtype=np.uint8)
@@ -173,7 +178,7 @@ def write_dicom_seg(
             software_versions=__version__,
             device_serial_number=f"{MANUFACTURER}-{__version__}",
             content_label="LUNGS_LESIONS",
-            content_description=_content_description(models),
+            content_description=_content_description(models, corrected),
             content_creator_name="CovidCTAnalysis^",
             series_description=series_description[:64],
             omit_empty_frames=True,
@@ -197,8 +202,8 @@ def _build_segmentation(**kwargs: Any) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(**kwargs)
 
 
-def _segment_description(number: int, value: int, algorithm: hd.AlgorithmIdentificationSequence
-                         ) -> hd.seg.SegmentDescription:
+def _segment_description(number: int, value: int, algorithm: hd.AlgorithmIdentificationSequence,
+                         semiautomatic: bool = False) -> hd.seg.SegmentDescription:
     term = TERMINOLOGY[value]
     region = [_code(term.anatomic_region)] if term.anatomic_region else None
     return hd.seg.SegmentDescription(
@@ -206,7 +211,8 @@ def _segment_description(number: int, value: int, algorithm: hd.AlgorithmIdentif
         segment_label=LABEL_NAMES[value],
         segmented_property_category=_code(term.category),
         segmented_property_type=_code(term.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_type=(hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if semiautomatic
+                        else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC),
         algorithm_identification=algorithm,
         tracking_uid=hd.UID(),
         tracking_id=LABEL_NAMES[value],
@@ -223,7 +229,7 @@ def _code(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
 def _algorithm_identification(models: Sequence[Any]) -> hd.AlgorithmIdentificationSequence:
     """Name and version of what made the labelmap: the segmentation model(s), or the threshold method."""
     # Only segmentation models made the labelmap; a classifier alone means the threshold method did.
-    seg_models = [i for i in (_model_info(m) for m in models) if i.get("task") in (None, "segmentation")]
+    seg_models = [i for i in (_model_info(m) for m in models) if i.get("task") in (None, "segmentation", "interactive")]
     if not seg_models:
         return hd.AlgorithmIdentificationSequence(
             name="CovidCTAnalysis threshold method", version=__version__,
@@ -236,10 +242,12 @@ def _algorithm_identification(models: Sequence[Any]) -> hd.AlgorithmIdentificati
                                               family=codes.cid7162.ArtificialIntelligence)
 
 
-def _content_description(models: Sequence[Any]) -> str:
+def _content_description(models: Sequence[Any], corrected: bool = False) -> str:
     """ContentDescription (LO, 64 characters): a demo model is labelled as such in the file itself."""
     if any(_model_info(m).get("demo") for m in models):
         return "DEMO model (synthetic phantoms); research use, not for diagnosis"
+    if corrected:
+        return "Lungs and lesions, lesion corrected by clicks; research use"
     return "Lungs and lesions, automatic; research use, not for diagnosis"
 
 
