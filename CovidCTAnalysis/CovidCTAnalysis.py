@@ -123,6 +123,9 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CovidCTAnalysis.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        for label in (self.ui.statusLabel, self.ui.classLabel, self.ui.probabilitiesLabel, self.ui.provenanceLabel,
+                      self.ui.researchNoteLabel):
+            label.textFormat = qt.Qt.PlainText  # scan and model text (descriptions, ids) is shown as written, never as markup
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CovidCTAnalysisLogic()
 

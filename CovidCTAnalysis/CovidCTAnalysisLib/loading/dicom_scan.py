@@ -180,17 +180,17 @@ def _read_header(path: Path) -> tuple[InstanceHeader | None, str | None]:
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return None, "DICOMDIR (a directory index, not an image)"
     if "Rows" not in ds or "Columns" not in ds:
-        return None, f"DICOM without an image (Modality {ds.get('Modality', 'unknown')!s})"
+        return None, f"DICOM without an image (Modality {display_text(ds.get('Modality', 'unknown'), 16)})"
     return InstanceHeader(
         path=path,
-        modality=str(ds.get("Modality", "") or "").strip().upper(),
+        modality=display_text(ds.get("Modality", ""), 16).upper(),
         sop_class_uid=sop_class,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         series_number=_int(ds.get("SeriesNumber")),
-        series_description=_text(ds, "SeriesDescription"),
+        series_description=display_text(ds.get("SeriesDescription", ""), 64),
         image_type=tuple(str(t) for t in (ds.get("ImageType") or ())),
         rows=int(ds.Rows),
         columns=int(ds.Columns),
@@ -263,6 +263,15 @@ def _rel(folder: Path, p: Path) -> str:
         return str(p.relative_to(folder))
     except ValueError:
         return p.name
+
+
+def display_text(value, limit: int) -> str:
+    """A DICOM text value fit for one log line, a message and report.json: control characters (newlines,
+    escape sequences, NUL) become spaces, runs of space one, and more than ``limit`` characters (the VR's
+    own maximum: 64 for LO, 16 for CS) are cut with an ellipsis. Markup stays as written: JSON escapes it,
+    and the Slicer panel shows these strings as plain text."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(value or "")).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _text(ds, keyword: str) -> str:
