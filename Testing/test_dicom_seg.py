@@ -375,3 +375,38 @@ def test_missing_validator_skips_locally_and_fails_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="dicom3tools"):
         dicom_validators.require_dciodvfy()
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+SOURCE_ORIENTATIONS = {
+    # slices stored head to feet (index z runs inferior), rows bottom to top
+    "reversed-stack": (np.diag([1.0, -1.0, -1.0]), (64, 64, 20)),
+    # oblique axial: tilted 15 degrees about the patient's left-right axis, turned 10 degrees in plane
+    "tilted": (_rotation(0, 15.0) @ _rotation(2, 10.0), (64, 64, 20)),
+    # coronal slices: rows run left-right, columns superior to inferior, slices stacked anterior to posterior
+    "coronal": (np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]), (64, 20, 64)),
+}
+
+
+@pytest.mark.parametrize("orientation", list(SOURCE_ORIENTATIONS))
+def test_seg_frames_map_onto_reversed_tilted_and_coronal_sources(orientation, tmp_path, strict_pydicom):
+    """Every SEG frame lands on the source instance it covers, whatever the source's orientation: dcmqi reads
+    each segment back onto the source grid voxel for voxel, highdicom matches frames to source instances."""
+    direction, size = SOURCE_ORIENTATIONS[orientation]
+    image, truth = chest_volume(seed=21, size=size, direction=tuple(direction.ravel()))
+    write_dicom_series(image, tmp_path / "ct")
+    volume = load_dicom_series(tmp_path / "ct")
+    assert np.allclose(np.array(volume.image.GetDirection()).reshape(3, 3)[:, :2], direction[:, :2], atol=1e-5)
+    labelmap = sitk.Resample(truth, volume.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    labels = sitk.GetArrayFromImage(labelmap)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    result = write_dicom_seg(labelmap, volume.dicom, tmp_path / "seg.dcm", [MODEL])
+    assert result.written, result.reason
+    _check_with_all_readers(result.path, volume, labelmap, tmp_path, [1, 2, 3])
