@@ -255,3 +255,15 @@ def test_output_inside_the_input_dicom_folder_is_refused(tmp_path, capsys):
     assert code == OutputError.exit_code
     assert "lies inside the input folder" in err
     assert sorted(p.name for p in dicom.iterdir()) == files_before
+
+
+def test_the_output_folder_gets_the_usual_mode_not_the_temp_folders(tmp_path):
+    import stat
+
+    mask = os.umask(0o027)
+    try:
+        with outputs.atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "report.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750

@@ -186,18 +186,27 @@ def test_mixed_rescale_slopes_and_intercepts_give_true_hu(phantom, tmp_path):
     assert diff.max() <= 1.0  # slope 2 rounds to 2 HU steps; nothing else may differ
 
 
-def test_mixed_pixel_representation_gives_true_hu(phantom, tmp_path):
+@pytest.mark.parametrize("same_rescale", [True, False])
+def test_mixed_pixel_representation_gives_true_hu(phantom, tmp_path, same_rescale):
+    """First instance unsigned, the others signed (some stored values negative): the series reader must not
+    take the first file's type for all (GDCM decodes each file with its own representation; checked here)."""
     written = write_dicom_series(phantom.image, tmp_path / "dcm")
+    want = np.maximum(sitk.GetArrayFromImage(phantom.image).round(), -1024)
     for k, f in enumerate(written.files):
         ds = pydicom.dcmread(f)
         hu = ds.pixel_array.astype(np.int32)
-        if k % 2 == 0:  # even slices unsigned, stored = HU + 1024; odd ones stay signed with intercept 0
+        if k == 0:  # unsigned, stored = HU + 1024
             ds.PixelRepresentation = 0
             ds.PixelData = np.clip(hu + 1024, 0, 65535).astype(np.uint16).tobytes()
             ds.RescaleIntercept = "-1024"
+        elif same_rescale:  # signed, also HU + 1024, with padding rows stored negative (-2024 HU)
+            stored = hu + 1024
+            stored[:2] = -1000
+            want[k, :2] = -2024
+            ds.PixelData = stored.astype(np.int16).tobytes()
+            ds.RescaleIntercept = "-1024"
         ds.save_as(f)
     vol = load_ct(tmp_path / "dcm")
-    want = np.maximum(sitk.GetArrayFromImage(phantom.image).round(), -1024)
     assert np.abs(sitk.GetArrayFromImage(vol.image).astype(float) - want).max() <= 0.5
 
 

@@ -82,6 +82,15 @@ def check_output_dir(output_dir: str | Path, force: bool = False, inputs: tuple[
     return out
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
 def _write_failed(e: OSError, folder: Path) -> OutputError:
     """One clear message for a failed write (full disk, quota, I/O error), naming the free space left."""
     free = ""
@@ -107,6 +116,7 @@ def atomic_output_dir(output_dir: str | Path, force: bool = False) -> Iterator[P
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on error
     try:
         tmp = files.temp_dir_beside(out)  # named like run_lock.temp_prefix(out), which cleans up after crashes
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the output folder's mode
     except OSError as e:
         raise _write_failed(e, out.parent) from e
     try:
