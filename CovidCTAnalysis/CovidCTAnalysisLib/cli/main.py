@@ -19,11 +19,14 @@ from collections.abc import Sequence
 
 from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.cli import analyze, batch, models, phantom, refine
+from CovidCTAnalysisLib.cli import training as training_tools
 from CovidCTAnalysisLib.errors import CovidCTError
 from CovidCTAnalysisLib.results.interrupts import interrupted_exit_code, interrupted_message
 
 # In the order `covidct --help` lists them.
 SUBCOMMANDS = (analyze, batch, refine, phantom, models)
+# The training package's tools: covidct train|evaluate|export|tune-aggregation (cli/training.py).
+SUBCOMMANDS += training_tools.COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``covidct``; returns the exit status (0 success, ``CovidCTError.exit_code`` on refusal)."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    if getattr(args, "forward_args", False):  # a training tool parses its own arguments (cli/training.py)
+        args.forwarded = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run_subcommand(args) or 0)
     except CovidCTError as e:
