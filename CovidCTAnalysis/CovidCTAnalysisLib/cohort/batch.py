@@ -66,7 +66,7 @@ def _clear_leftovers(out: Path, scans: list[discover.Scan]) -> None:
     if not root.is_dir():
         return
     ids = {s.scan_id for s in scans}
-    pattern = re.compile(r"^\.(?P<id>.+)\.(tmp|failed|old)-[0-9a-f]{8}$")
+    pattern = re.compile(r"^\.(?P<id>.+)\.(tmp|failed|old)-[0-9A-Za-z_]+$")
     for entry in root.iterdir():
         m = pattern.match(entry.name)
         if m and m.group("id") in ids:

@@ -17,6 +17,7 @@ from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.cohort import svg
 from CovidCTAnalysisLib.cohort.settings import read_batch_json
 from CovidCTAnalysisLib.constants import CLASS_NAMES
+from CovidCTAnalysisLib.files import write_text
 
 REPORT_HTML = "report.html"
 NOT_CLASSIFIED = "not classified"
@@ -126,8 +127,4 @@ def build_html(rows: list[dict[str, Any]], batch: dict[str, Any] | None) -> str:
 
 def write_report(out: Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``out/report.html`` (replaced in one rename) and return its path."""
-    path = Path(out) / REPORT_HTML
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(build_html(rows, read_batch_json(Path(out))), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(Path(out) / REPORT_HTML, build_html(rows, read_batch_json(Path(out))))

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from CovidCTAnalysisLib.cohort.settings import AnalysisSettings, write_json_atomic
+from CovidCTAnalysisLib.cohort.settings import AnalysisSettings
 from CovidCTAnalysisLib.errors import CovidCTError
+from CovidCTAnalysisLib.files import replace_dir, write_json
 from CovidCTAnalysisLib.models.cache import ModelCache
 
 STATUS_JSON = "status.json"
@@ -98,17 +99,6 @@ def set_threads(threads: int, method: str) -> None:
     _THREADS_SET[:] = [threads]
 
 
-def _move_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp`` with renames only (an old folder is moved aside, then deleted)."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_status(out: Path, scan_id: str, status: dict[str, Any], analysis: Path | None = None) -> dict[str, Any]:
     """Move ``analysis`` (or a new folder holding only the status) in as ``scans/<id>`` with ``status.json``."""
     folder = analysis
@@ -118,8 +108,8 @@ def write_status(out: Path, scan_id: str, status: dict[str, Any], analysis: Path
     attempts = read_attempts(out, scan_id)
     status = {**status, "attempts": max(len([a for a in attempts if "start" in a]), 1)}
     status["retried"] = status["attempts"] > 1
-    write_json_atomic(folder / STATUS_JSON, status)
-    _move_in(folder, scan_dir(out, scan_id))
+    write_json(folder / STATUS_JSON, status)
+    replace_dir(folder, scan_dir(out, scan_id))  # renames only: the scan appears complete or not at all
     attempts_file(out, scan_id).unlink(missing_ok=True)
     return status
 

@@ -9,14 +9,13 @@ timeout, parts) do not change results and are not compared.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.errors import ModelError, OutputError
+from CovidCTAnalysisLib.files import write_json
 
 BATCH_JSON = "batch.json"
 SCHEMA = "1.0"
@@ -109,20 +108,7 @@ def check_or_write(out: Path, doc: dict[str, Any], overwrite: bool) -> None:
     if old is None and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"{out} is not empty and has no {BATCH_JSON}; it is not a covidct batch folder. "
                               "Choose a new or empty folder (or pass --overwrite to use it anyway).")
-    write_json_atomic(out / BATCH_JSON, doc)
-
-
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` beside ``path`` and rename it in (parallel job-array parts may write the same file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(out / BATCH_JSON, doc)  # atomic: parallel job-array parts may write the same file
 
 
 def models_or_error(settings: AnalysisSettings) -> list[dict[str, Any]]:

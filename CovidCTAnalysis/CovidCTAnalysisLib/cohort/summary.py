@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from CovidCTAnalysisLib.cohort.runner import SCANS, STATUS_JSON
 from CovidCTAnalysisLib.constants import CLASS_NAMES, LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.files import atomic_path
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
@@ -82,30 +81,16 @@ def summary_rows(out: Path) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in BASE_COLUMNS + extra} for r in rows]
 
 
-def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(out: Path) -> tuple[list[dict[str, Any]], list[Path], str | None]:
     """Write ``summary.csv`` (and ``summary.parquet`` when pyarrow is installed): (rows, paths, note)."""
     out = Path(out)
     rows = summary_rows(out)
     columns = list(rows[0]) if rows else list(BASE_COLUMNS)
 
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    _replace_atomically(out / SUMMARY_CSV, write_csv)
+    with atomic_path(out / SUMMARY_CSV) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     paths, note = [out / SUMMARY_CSV], None
     try:
         import pyarrow as pa
@@ -114,7 +99,8 @@ def write_summary(out: Path) -> tuple[list[dict[str, Any]], list[Path], str | No
         note = f"{SUMMARY_PARQUET} not written: pyarrow is not installed (pip install 'covidct-analysis[dask]')"
         return rows, paths, note
     table = pa.Table.from_pylist(rows, schema=_schema(pa, columns, rows))
-    _replace_atomically(out / SUMMARY_PARQUET, lambda tmp: pq.write_table(table, tmp))
+    with atomic_path(out / SUMMARY_PARQUET) as tmp:
+        pq.write_table(table, tmp)
     paths.append(out / SUMMARY_PARQUET)
     return rows, paths, note
 
