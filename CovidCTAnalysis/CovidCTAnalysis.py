@@ -250,7 +250,7 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.training.cancel()  # the timer's next tick reports it and re-enables the button
 
     def onOpenModelsFolder(self) -> None:
-        folder = model_install.modelsFolder(self._parameterNode.modelsDir)
+        folder = model_install.modelsFolder(self._parameterNode.modelsDir, create=True)
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     def onModelChosen(self, index=None) -> None:

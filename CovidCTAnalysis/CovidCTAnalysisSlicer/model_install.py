@@ -52,10 +52,11 @@ def installModels(path: str | Path, modelsDir: str | Path | None = None, force: 
     return registry.install_all(source, force=force)
 
 
-def modelsFolder(modelsDir: str | Path | None = None) -> Path:
-    """Where the models live (created, so that the panel's "Open folder" button has something to open)."""
+def modelsFolder(modelsDir: str | Path | None = None, create: bool = False) -> Path:
+    """Where the models live; ``create`` for the panel's "Open folder" button (opening the panel creates nothing)."""
     from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     root = ModelRegistry(modelsDir or None).root
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root
