@@ -25,6 +25,7 @@ from CovidCTAnalysisLib.errors import OutputError
 from CovidCTAnalysisLib.results import outputs
 from CovidCTAnalysisLib.results.interrupts import PAUSE_ENV, PAUSE_SECONDS_ENV, PAUSED_MARK
 from CovidCTAnalysisLib.results.run_lock import LOCK_SUFFIX, output_lock
+from test_pipeline_cli import tiny_models  # noqa: F401 - the shared fixture (tiny untrained models)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "CovidCTAnalysis"
@@ -151,6 +152,22 @@ def test_every_stage_and_signal(ct, tmp_path, stage, signum):
     before = _old_outputs(ct, out)
     code, _ = _stop_at(ct, out, stage, signum, "--force")
     assert code == 128 + signum
+    assert _snapshot(out) == before
+    assert _leftovers(out) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["lungs", "classify", "segment"])
+def test_model_stages_stopped_by_sigterm(ct, tmp_path, stage, tiny_models):  # noqa: F811 - the fixture
+    """The model path's own stages (tiny untrained models from test_pipeline_cli), with --force."""
+    out = tmp_path / "out"
+    before = _old_outputs(ct, out)
+    proc = _start(ct, out, "--force", "--method", "model", "--segment", "always", "--models-dir", str(tiny_models),
+                  pause_at=stage)  # the last --method wins
+    _wait_paused(proc, stage)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
     assert _snapshot(out) == before
     assert _leftovers(out) == []
 
