@@ -25,3 +25,18 @@ def _few_threads(monkeypatch):
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_models(tmp_path_factory):
+    """Tiny demo models trained, evaluated and installed the way ``make demo`` does it (``tiny_models.py``)."""
+    from tiny_models import build_tiny_demo_models
+
+    return build_tiny_demo_models(tmp_path_factory.mktemp("tiny-demo"))
+
+
+@pytest.fixture
+def tiny_models_dir(tiny_demo_models, monkeypatch) -> Path:
+    """``$COVIDCT_MODELS_DIR`` pointed at the tiny demo models for one test (subprocesses inherit it)."""
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(tiny_demo_models.root))
+    return tiny_demo_models.root

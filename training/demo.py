@@ -93,15 +93,20 @@ def installed(registry, model_id: str, version: str = DEMO_VERSION):
 
 
 def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
-                      extra: list[str], cache: Path, version: str = DEMO_VERSION) -> None:
-    """Train, export, evaluate on unseen seeds, install one demo model."""
+                      extra: list[str], cache: Path, version: str = DEMO_VERSION,
+                      phantom_args: tuple[str, ...] = ()) -> None:
+    """Train, export, evaluate on unseen seeds, install one demo model.
+
+    ``phantom_args`` (e.g. ``--phantom-spacing 9``) go to every step that makes phantoms: training, tuning and
+    evaluation (the tests' tiny demo models use coarse phantoms, Testing/tiny_models.py)."""
     from training import evaluate, export
     from training import train_classifier as tc
     from training import train_segmenter as ts
 
     run_dir, model_dir = work / f"{kind}-run", work / f"{kind}-model"
-    common = ["--dataset", "phantoms", "--phantom-seeds", train_seeds, "--phantom-kinds", "normal,pneumonia,covid",
-              "--cache-dir", str(cache), "--output-dir", str(run_dir), "--seed", "0"]
+    phantoms = ["--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache), *phantom_args]
+    common = ["--dataset", "phantoms", "--phantom-seeds", train_seeds, *phantoms, "--output-dir", str(run_dir),
+              "--seed", "0"]
     steps.start(f"train_{kind}", f"training the demo {kind} on phantoms (seeds {train_seeds})")
     if kind == "classifier":
         tc.main(common + CLASSIFIER_ARGS + extra)
@@ -115,10 +120,9 @@ def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds
 
         steps.start("tune_classifier", "choosing the slice aggregation on the validation patients (training seeds)")
         tune_aggregation.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", train_seeds,
-                               "--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache)])
+                               *phantoms])
     steps.start(f"evaluate_{kind}", f"evaluating the {kind} on unseen phantom seeds {eval_seeds}")
-    evaluate.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", eval_seeds,
-                   "--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache)])
+    evaluate.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", eval_seeds, *phantoms])
     steps.start(f"install_{kind}", f"installing {model_id} into {registry.root}")
     meta = registry.install(model_dir, force=True)
     print(f"    installed {meta.label_line()}", flush=True)

@@ -1,0 +1,56 @@
+"""Tiny demo models for the tests that need trained models, made in about a minute on 2 cores.
+
+``make demo``'s own path (``training.demo.train_and_install``: train, export, tune the classifier's
+aggregation, evaluate on unseen seeds, install) runs with tiny settings: phantoms at 9 mm, three patients
+per class, one epoch, a 32-pixel ResNet-50 input and a 2-level U-Net. The models are poor, but they are
+real model folders with real provenance and real ``eval_metrics``, installed in a registry of their own.
+``Testing/conftest.py`` makes them once per session (``tiny_demo_models``) and points
+``$COVIDCT_MODELS_DIR`` at them for the tests that ask (``tiny_models_dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+TINY_VERSION = "0.0.1-test"
+TRAIN_SEEDS = "0-2"
+EVAL_SEEDS = "100"
+PHANTOM_ARGS = ("--phantom-spacing", "9")
+# Appended after the demo's own arguments (argparse keeps the last value).
+TINY_ARGS = {
+    "classifier": ["--input-size", "32", "--max-slices-per-case", "2", "--epochs", "1", "--val-every", "1",
+                   "--batch-size", "6", "--threads", "2", "--device", "cpu"],
+    "segmenter": ["--spacing", "9,9,9", "--roi", "16,16,16", "--epochs", "1", "--val-every", "1", "--batch-size", "2",
+                  "--channels", "4,8", "--strides", "2", "--num-res-units", "0", "--margin-mm", "9",
+                  "--threads", "2", "--device", "cpu"],
+}
+
+
+@dataclass(frozen=True)
+class TinyDemoModels:
+    root: Path  # the registry
+    cache: Path  # the phantom cache the models were trained and evaluated on
+    version: str = TINY_VERSION
+    train_seeds: str = TRAIN_SEEDS
+    eval_seeds: str = EVAL_SEEDS
+    phantom_spacing: float = float(PHANTOM_ARGS[1])
+
+
+def build_tiny_demo_models(work: Path) -> TinyDemoModels:
+    """Train, evaluate and install the tiny demo classifier and segmenter under ``work``."""
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
+
+    from training.demo import Steps, train_and_install
+
+    registry = ModelRegistry(work / "models")
+    cache = work / "phantom-cache"
+    steps = Steps(total=9)
+    with contextlib.redirect_stdout(io.StringIO()):  # the demo's progress lines; pytest -s would show them all
+        for kind in ("classifier", "segmenter"):
+            train_and_install(kind, steps, work, registry, TRAIN_SEEDS, EVAL_SEEDS, TINY_ARGS[kind], cache,
+                              TINY_VERSION, phantom_args=PHANTOM_ARGS)
+        steps.finish()
+    return TinyDemoModels(root=registry.root, cache=cache)
