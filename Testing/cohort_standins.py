@@ -31,7 +31,8 @@ def _numbers(name: str) -> dict:
 
 def fake_analyze(input_path, output_dir, **kwargs):
     """Write report.json + preview.png like ``covidct analyze`` (after an optional delay); ``crash`` in the
-    input name exits the process, ``hog`` allocates memory until killed, ``bad`` raises a plain bug."""
+    input name exits the process, ``sleepy`` sleeps 2 minutes, ``hog`` allocates memory until killed, ``bad`` raises
+    a plain bug."""
     name = Path(input_path).name
     if os.environ.get(LOG_ENV):
         with open(os.environ[LOG_ENV], "a") as f:
@@ -39,6 +40,8 @@ def fake_analyze(input_path, output_dir, **kwargs):
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
     if "crash" in name:
         os._exit(3)
+    if "sleepy" in name:
+        time.sleep(120)  # past any --timeout the test gives
     if "hog" in name:
         blocks = []
         for _ in range(400):  # up to 4 GB in 10 MB steps, slowly enough for the watchdog to see it

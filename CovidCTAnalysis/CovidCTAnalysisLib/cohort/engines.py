@@ -60,11 +60,17 @@ def run_in_process(scans: list[Scan], out: Path, settings: AnalysisSettings, opt
 
 
 def dask_task(scan_id: str, path: str, out: str, settings: AnalysisSettings, threads: int,
-              timeout_s: float | None, run_id: str) -> dict[str, Any]:
-    """The Dask task: ``run_scan`` with the watchdog armed at this worker's memory limit."""
+              timeout_s: float | None, run_id: str, gpu_by_worker_name: bool = False) -> dict[str, Any]:
+    """The Dask task: ``run_scan`` with the watchdog armed at this worker's memory limit. On a local GPU cluster
+    (one worker per GPU, named 0..N-1) worker N uses GPU N."""
     from distributed import get_worker
 
-    limit = get_worker().memory_manager.memory_limit
+    worker = get_worker()
+    if gpu_by_worker_name and isinstance(worker.name, int):
+        import torch
+
+        torch.cuda.set_device(worker.name % max(1, torch.cuda.device_count()))
+    limit = worker.memory_manager.memory_limit
     return run_scan(scan_id, path, out, settings, threads=threads, timeout_s=timeout_s,
                     memory_limit=int(limit) if limit else None, run_id=run_id)
 
@@ -72,12 +78,20 @@ def dask_task(scan_id: str, path: str, out: str, settings: AnalysisSettings, thr
 def dask_config(max_attempts: int) -> dict[str, Any]:
     """Scheduler/worker settings for a local cluster: retries, and memory handled by the watchdog (no spilling,
     no pausing: the results are small, and a paused worker would sit on its scan)."""
-    # worker-saturation 1.0: a worker holds only the scan it runs, so a worker's death counts against that scan
-    # alone (queued tasks of a dead worker would be charged an attempt too)
     return {"distributed.scheduler.allowed-failures": max(0, max_attempts - 1),
-            "distributed.scheduler.worker-saturation": 1.0,
             "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
             "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": 0.98}
+
+
+def local_gpu_count() -> int:
+    """CUDA GPUs visible here; refuses a local GPU cluster without one."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise InputError("--device cuda (or --gpu-resource) on a local cluster, but no CUDA GPU is visible here; "
+                         "use --device cpu, or --scheduler with GPU workers started with --resources GPU=1")
+    return n
 
 
 @contextmanager
@@ -98,36 +112,53 @@ def dask_client(opts: EngineOptions):
                                   "dashboard_address": None}
         if opts.memory_limit:
             kwargs["memory_limit"] = opts.memory_limit
-        if opts.gpu:
-            kwargs["resources"] = {"GPU": 1}
+        if opts.gpu:  # one worker per visible GPU, each with one GPU slot
+            kwargs.update(resources={"GPU": 1}, n_workers=min(opts.workers, local_gpu_count()))
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
             yield client
 
 
 def run_on_dask(scans: list[Scan], out: Path, settings: AnalysisSettings, opts: EngineOptions, client
                 ) -> Iterator[dict[str, Any]]:
+    """Scans go out no faster than the cluster has task slots, so a worker holds only the scan it runs: Dask
+    charges a dead worker's death to every task assigned to it, and a queued scan must not pay for another's
+    crash. The slots are counted again after each scan, so workers that join later (SLURM jobs) are used."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
     local = not (opts.scheduler or opts.scheduler_file)
     threads = opts.threads or (local_threads(opts.workers) if local else 0)
     run = uuid.uuid4().hex[:8]
-    futures = {}
-    for scan in scans:
-        fut = client.submit(dask_task, scan.scan_id, scan.path, str(out), settings, threads, opts.timeout_s, run,
-                            key=f"covidct-{scan.scan_id}-{run}", pure=False,
-                            resources={"GPU": 1} if opts.gpu else None)
-        futures[fut] = scan
-    for fut in as_completed(list(futures)):
-        scan = futures.pop(fut)
+    todo = iter(scans)
+    in_flight: dict[Any, Scan] = {}
+    finished = as_completed()
+
+    def submit_more() -> None:
+        slots = max(1, sum(client.nthreads().values()))
+        while len(in_flight) < slots:
+            scan = next(todo, None)
+            if scan is None:
+                return
+            fut = client.submit(dask_task, scan.scan_id, scan.path, str(out), settings, threads, opts.timeout_s, run,
+                                local and opts.gpu, key=f"covidct-{scan.scan_id}-{run}", pure=False,
+                                resources={"GPU": 1} if opts.gpu else None)
+            in_flight[fut] = scan
+            finished.add(fut)
+
+    submit_more()
+    for fut in finished:
+        scan = in_flight.pop(fut)
         try:
-            yield fut.result()
+            status = fut.result()
         except KilledWorker:
-            yield write_status(out, scan.scan_id, failed_status(scan.scan_id, scan.path, _death_reason(out, scan),
-                                                                "WorkerKilled", None))
+            status = write_status(out, scan.scan_id, failed_status(scan.scan_id, scan.path, _death_reason(out, scan),
+                                                                   "WorkerKilled", None))
         except Exception as e:  # noqa: BLE001 - anything else the task raised is this scan's failure
-            yield write_status(out, scan.scan_id, failed_status(scan.scan_id, scan.path, describe_error(e),
-                                                                type(e).__name__, None))
+            status = write_status(out, scan.scan_id, failed_status(scan.scan_id, scan.path, describe_error(e),
+                                                                   type(e).__name__, None))
+        fut.release()  # its result lives in a worker; a later death of that worker must not re-run the scan
+        submit_more()
+        yield status
 
 
 def _death_reason(out: Path, scan: Scan) -> str:
