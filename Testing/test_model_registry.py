@@ -187,7 +187,7 @@ def test_cli_models_list_install_verify(tmp_path, capsys):
     assert "sha256 verified" in capsys.readouterr().out
     assert _cli(["models", "list", "--models-dir", reg_dir]) == 0
     out = capsys.readouterr().out
-    assert "seg-test@0.1.0" in out and "DEMO" in out and "untrained test network" in out
+    assert "seg-test@0.1.0" in out and "DEMO" in out and "dice_lesion 0.500" in out
     assert _cli(["models", "verify", "--models-dir", reg_dir]) == 0
     tamper(tmp_path / "reg" / "seg-test" / "0.1.0" / WEIGHTS_FILE)
     assert _cli(["models", "verify", "--models-dir", reg_dir]) == ModelError.exit_code
@@ -302,3 +302,72 @@ def test_no_model_message_names_the_folder_searched_and_why(tmp_path, monkeypatc
         ModelRegistry().resolve("classification")
     with pytest.raises(ModelError, match=r"Searched .*given-models \(given with --models-dir\)"):
         ModelRegistry(tmp_path / "given-models").resolve("classification")
+
+
+def _evaluated_registry(tmp_path: Path) -> tuple[Path, dict, dict]:
+    """A registry with a segmenter and a classifier whose eval_metrics are what training/evaluate.py records
+    (made by training.metrics itself). The classifier's folder is written by hand: list and show read only
+    metadata.json, and a ResNet-50 would take the test a minute to build."""
+    import numpy as np
+
+    from training.metrics import classification_metrics, summarise
+
+    names = {1: "Left lung", 2: "Right lung", 3: "Lesion"}
+    dices = {"c1": (0.8, 0.9, 0.5), "c2": (1.0, 0.9, 0.7)}
+    per_case = [{lab: {"dice": d[lab - 1], "hd95_mm": 2.0 * lab, "truth_voxels": 10} for lab in names}
+                for d in dices.values()]
+    seg_metrics = {"per_class": summarise(per_case, names), "n_cases": 2, "measured_by": "training/evaluate.py",
+                   "cases": [{"case_id": cid, **{names[k]: v for k, v in r.items()}}
+                             for cid, r in zip(dices, per_case, strict=True)]}
+    root = tmp_path / "reg"
+    ModelRegistry(root).install(make_folder(tmp_path / "src", eval_metrics=seg_metrics))
+    classes = ["Normal", "Pneumonia", "COVID-19"]
+    truth = [0, 1, 2, 2]
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.1, 0.3]])
+    cls_metrics = classification_metrics(truth, probs, classes)
+    cls_metrics["cases"] = [{"patient_id": f"p{i}", "true": classes[t], "predicted": classes[int(np.argmax(p))],
+                             "probabilities": p.tolist(), "slices": 20} for i, (t, p) in enumerate(zip(truth, probs, strict=True))]
+    folder = root / "cls-real" / "2.0.0"
+    folder.mkdir(parents=True)
+    raw = {"id": "cls-real", "version": "2.0.0", "task": "classification", "architecture": {"name": "resnet50"},
+           "sha256": "0" * 64, "trained_on": "a hand-written test entry", "preprocessing": {"input_size": 32},
+           "intended_use": "Research use, not for diagnosis.", "labels": classes, "eval_metrics": cls_metrics,
+           "demo": False}
+    (folder / METADATA_FILE).write_text(json.dumps(raw))
+    return root, seg_metrics, cls_metrics
+
+
+def test_models_list_is_one_readable_line_per_model(tmp_path, capsys):
+    root, seg, cls = _evaluated_registry(tmp_path)
+    assert _cli(["models", "list", "--models-dir", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"models in {root} (given with --models-dir):"
+    [cls_line] = [ln for ln in lines if "cls-real@2.0.0" in ln]
+    [seg_line] = [ln for ln in lines if "seg-test@0.1.0" in ln]
+    assert cls_line.split()[1:3] == ["classification", "-"]  # not a demo model
+    assert f"accuracy {cls['accuracy']:.3f}, AUC {cls['macro_auc']:.3f} (4 patients)" in cls_line
+    assert cls["accuracy"] == 0.75
+    assert seg_line.split()[1:3] == ["segmentation", "DEMO"]
+    assert "Dice Left lung 0.900 ± 0.100, Right lung 0.900 ± 0.000, Lesion 0.600 ± 0.100 (2 cases)" in seg_line
+    assert not any("{" in ln or "p1" in ln for ln in lines)  # no nested dicts, no evaluation cases
+
+
+def test_models_show_prints_the_details_down_to_every_case(tmp_path, capsys):
+    root, seg, cls = _evaluated_registry(tmp_path)
+    assert _cli(["models", "show", "cls-real", "--models-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cls-real@2.0.0  (classification)") and "DEMO" not in out
+    assert "trained on:    a hand-written test entry" in out and "Research use, not for diagnosis." in out
+    assert "MISS p3: true COVID-19, predicted Normal; p Normal 0.60, Pneumonia 0.10, COVID-19 0.30" in out
+    assert sum(ln.strip().startswith(("ok", "MISS")) for ln in out.splitlines()) == 4
+    assert "confusion (rows true, columns predicted: Normal, Pneumonia, COVID-19): 1 0 0 | 0 1 0 | 1 0 1" in out
+    assert _cli(["models", "show", "seg-test@0.1.0", "--models-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "DEMO: trained on synthetic phantoms" in out and "sha256:" in out
+    assert "c1: Left lung Dice 0.800, HD95 2.0 mm; Right lung Dice 0.900, HD95 4.0 mm; Lesion Dice 0.500" in out
+    assert "c2: " in out
+    assert _cli(["models", "show", "seg-test", "--json", "--models-dir", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["eval_metrics"] == json.loads(json.dumps(seg))
+    assert _cli(["models", "show", "seg-test@9.9", "--models-dir", str(root)]) == ModelError.exit_code
+    err = capsys.readouterr().err
+    assert "'seg-test@9.9' is not installed" in err and "cls-real@2.0.0, seg-test@0.1.0" in err

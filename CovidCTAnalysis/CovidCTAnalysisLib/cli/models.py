@@ -1,4 +1,7 @@
-"""``covidct models list|install PATH|verify [--models-dir DIR]``.
+"""``covidct models list|show ID[@VER]|install PATH|verify [--models-dir DIR]``.
+
+``list`` prints one line per model (id@version, task, DEMO, headline metrics); ``show`` the details,
+down to every evaluation case (``cli/models_text.py``).
 
 ``install`` checks the sha256 of the weights against ``metadata.json`` before it
 copies, and again on the copy; ``verify`` re-checks every installed model and exits
@@ -8,14 +11,16 @@ non-zero (``ModelError.exit_code``) if any fails.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from CovidCTAnalysisLib.cli.models_text import list_line, show_text
 from CovidCTAnalysisLib.errors import CovidCTError, ModelError
-from CovidCTAnalysisLib.models.registry import ENV_VAR, ModelRegistry
+from CovidCTAnalysisLib.models.registry import ENV_VAR, ModelRegistry, version_key
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``models`` command (with ``list``, ``install``, ``verify``) to ``subparsers``."""
+    """Add the ``models`` command (with ``list``, ``show``, ``install``, ``verify``) to ``subparsers``."""
     p = subparsers.add_parser(
         "models", help="list, install and verify models",
         description="Manage the model registry: <models-dir>/<id>/<version>/{metadata.json, model.safetensors}. "
@@ -24,8 +29,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     common.add_argument("--models-dir", metavar="DIR", default=argparse.SUPPRESS,
                         help=f"model registry folder (default: ${ENV_VAR} or ~/.cache/covidct/models)")
     p.add_argument("--models-dir", metavar="DIR", default=None, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="models_command", metavar="{list,install,verify}", required=True)
-    sub.add_parser("list", parents=[common], help="show installed models")
+    sub = p.add_subparsers(dest="models_command", metavar="{list,show,install,verify}", required=True)
+    sub.add_parser("list", parents=[common], help="one line per installed model: id@version, task, DEMO, metrics")
+    show = sub.add_parser("show", parents=[common], help="the details of one model, down to every evaluation case")
+    show.add_argument("spec", metavar="ID[@VER]", help="an installed model (without @VER: its highest version)")
+    show.add_argument("--json", action="store_true", help="print its metadata.json as installed")
     inst = sub.add_parser("install", parents=[common], help="install a model folder (or a folder of model folders)")
     inst.add_argument("path", metavar="PATH", help="folder with metadata.json and model.safetensors")
     inst.add_argument("--force", action="store_true", help="replace an installed id@version with other weights")
@@ -33,13 +41,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _line(meta) -> str:
-    metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                        for k, v in list(meta.eval_metrics.items())[:4])
-    return (f"  {meta.id}@{meta.version}  [{meta.task}]  sha256 {meta.sha256[:12]}"
-            f"{'  DEMO (synthetic phantoms)' if meta.demo else ''}\n"
-            f"      trained on: {meta.trained_on}\n"
-            f"      metrics: {metrics or 'none recorded'}")
+def _find(registry: ModelRegistry, spec: str):
+    """The installed model ``ID`` (highest version) or ``ID@VER``; ModelError naming what is installed."""
+    mid, _, ver = spec.partition("@")
+    models = registry.list()
+    same = [m for m in models if m.id == mid and (not ver or m.version == ver)]
+    if not same:
+        have = ", ".join(f"{m.id}@{m.version}" for m in models) or "none"
+        raise ModelError(f"model {spec!r} is not installed in {registry.root} ({registry.origin}); installed: {have}. "
+                         "`covidct models list` shows them.")
+    return max(same, key=lambda m: version_key(m.version))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,14 +60,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.models_command == "list":
             models = registry.list()
-            print(f"models in {registry.root}:", file=out)
+            print(f"models in {registry.root} ({registry.origin}):", file=out)
             if not models:
                 print("  none. Run `make demo` (demo models trained on synthetic phantoms) or "
                       "`covidct models install PATH`.", file=out)
+            width = max((len(f"{m.id}@{m.version}") for m in models), default=0)
             for meta in models:
-                print(_line(meta), file=out)
+                print(list_line(meta, width), file=out)
+            if models:
+                print("  (details: covidct models show ID[@VER])", file=out)
             for folder, why in registry.problems():
                 print(f"  BROKEN {folder}: {why}", file=out)
+            return 0
+        if args.models_command == "show":
+            meta = _find(registry, args.spec)
+            if args.json:
+                print(json.dumps(meta.raw, indent=2), file=out)
+            else:
+                print(show_text(meta, str(registry.folder(meta))), file=out)
             return 0
         if args.models_command == "install":
             for meta in registry.install_all(args.path, force=args.force):
