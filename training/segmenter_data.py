@@ -21,6 +21,9 @@
     window [-1250,250], and then normalized to [0,255]": such images are mapped back to HU.
 ``covid-19-20``  COVID-19-20 challenge: ``*_ct.nii.gz`` with ``*_seg.nii.gz`` (1 = lesion), 2 labels.
 ``phantoms``     The core's phantoms, whose truth is already in our labels.
+``hybrids``      Real lesion-free CT from ``../shared/data`` (COVID-CT-MD normal001, the clear slices of
+    P001 and cap001) with synthetic lesions painted in (``training.hybrid_cases.hybrid_seg_cases``);
+    lung labels from the threshold method, lesion truth exact; grouped by real patient.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ def _triple(text: str, flag: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train_segmenter", description=__doc__.split("\n")[0])
     g = p.add_argument_group("dataset")
-    g.add_argument("--dataset", required=True, choices=["covid-ct-seg", "covid-19-20", "phantoms"])
+    g.add_argument("--dataset", required=True, choices=["covid-ct-seg", "covid-19-20", "phantoms", "hybrids"],
+                   help="hybrids: real CT backgrounds from --data-root (../shared/data) with synthetic lesions")
     g.add_argument("--data-root")
     g.add_argument("--layout", default="auto", choices=["auto", "zenodo", "kaggle"], help="covid-ct-seg layout")
     g.add_argument("--mask-kind", default="lung_and_infection", choices=sorted(sdata.CHANNEL_NAMES),
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--phantom-kinds", default="covid,pneumonia,normal")
     g.add_argument("--phantom-seeds", default="0-9")
     g.add_argument("--phantom-spacing", type=float, default=None)
+    g.add_argument("--hybrid-kinds", default="covid,pneumonia")
+    g.add_argument("--hybrid-seeds", default="0-3", help="lesion seeds per real background (--dataset hybrids)")
     g.add_argument("--cache-dir")
     p.add_argument("--output-dir", required=True, help="everything is written here, nothing elsewhere")
     q = p.add_argument_group("preprocessing (recorded in the metadata; inference uses the same)")
@@ -120,6 +123,16 @@ def load_cases(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
                        "seeds": args.phantom_seeds, "spacing_mm": args.phantom_spacing}, "lung_and_infection"
     if not args.data_root:
         raise SystemExit("--data-root is required for this --dataset")
+    if args.dataset == "hybrids":
+        from training.hybrid_cases import HYBRID_VERSION, hybrid_seg_cases
+
+        kinds = [k.strip() for k in args.hybrid_kinds.split(",") if k.strip()]
+        cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
+        cases = hybrid_seg_cases(Path(args.data_root), kinds, parse_seeds(args.hybrid_seeds), cache, log)
+        return cases, {"name": "hybrids: lesion-free real CT (COVID-CT-MD normal001, clear slices of P001 and "
+                               "cap001) with synthetic lesions (training.hybrid_cases)", "kinds": kinds,
+                       "seeds": args.hybrid_seeds, "version": HYBRID_VERSION, "root": str(args.data_root)}, \
+            "lung_and_infection"
     if args.dataset == "covid-ct-seg":
         cases = sdata.covid_ct_seg_cases(Path(args.data_root), args.layout, args.mask_kind)
         return cases, {"name": "COVID-19-CT-Seg (Ma et al. 2021, doi:10.5281/zenodo.3757476)",

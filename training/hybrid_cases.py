@@ -1,0 +1,249 @@
+"""Hybrid training cases: real CT backgrounds with synthetic lesions painted into the real lung.
+
+Yao et al., "Label-Free Segmentation of COVID-19 Lesions in Lung CT" (IEEE TMI 2021) trained on
+normal CT with synthesised lesions only; this module makes such cases from the real scans in
+``../shared/data`` so that the segmenter sees real anatomy, noise and vessels:
+
+* **Backgrounds** (``real_backgrounds``): COVID-CT-MD normal001 whole, and the runs of at least
+  ``MIN_CLEAR_SLICES`` slices of P001 and cap001 that the radiologists labelled clear
+  (``labels.json``), cropped to that run, so no unlabelled real lesion is in a case. Lung labels
+  (1 left, 2 right) come from the threshold method (``threshold.lungs.segment_lungs``).
+* **Lesions** (``paint_lesions``), with the phantom lesion library (``phantom.lesions``:
+  ``Lesion``, ``paint_lesion``; ``phantom.canvas``) on a canvas in patient mm centred on the lungs:
+  COVID-like: 2-6 peripheral (sub-pleural), lower-zone-predominant, bilateral ground-glass
+  opacities, some with crazy paving or a consolidated core; pneumonia-like: one large
+  consolidation cut by a random plane (a fissure) with air bronchograms.
+* **Blending**: the lesion is painted onto a low-pass copy of the CT, and the high-pass rest
+  (noise, small vessels, fissures) is added back, so the real noise and the vessels stay
+  visible through the lesion as in real ground glass. Lesion truth is exact (label 3).
+* **Seeded variation**: number, size, shape, density and position of the lesions, then a
+  small in-plane rotation, added noise, a blur or a sharpening kernel, and now and then thicker
+  slices (pairs of slices averaged). One seed, one case; the same seed gives the same case.
+
+``hybrid_seg_cases`` writes them to a cache folder as NIfTI (image + truth) and returns
+``segmenter_data.SegCase`` rows grouped by the real patient, so a split by ``group`` keeps each
+real patient on one side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.phantom.canvas import Canvas, SmoothField, tube_weight
+from CovidCTAnalysisLib.phantom.lesions import Lesion, paint_lesion
+from CovidCTAnalysisLib.threshold.lungs import segment_lungs
+from scipy import ndimage as ndi
+
+HYBRID_VERSION = "1"  # bump when a (background, kind, seed) case changes: the cache keys on it
+KINDS = ("covid", "pneumonia")
+MIN_CLEAR_SLICES = 12
+LOWPASS_SIGMA_MM = 2.0  # what the lesion replaces; finer detail (noise, small vessels) shows through
+BRONCHOGRAM_HU = -900.0
+
+
+@dataclass(frozen=True)
+class Background:
+    """A lesion-free piece of a real chest CT, with its threshold lungs (same grid)."""
+
+    case_id: str  # e.g. "P001-z121-147"
+    patient: str
+    image: sitk.Image
+    lungs: sitk.Image
+
+
+def clear_runs(slice_labels: list[int], min_len: int = MIN_CLEAR_SLICES) -> list[tuple[int, int]]:
+    """(first, last+1) z ranges of at least ``min_len`` consecutive slices labelled 0 (clear)."""
+    runs, start = [], None
+    for z, value in enumerate([*slice_labels, 1]):
+        if value == 0 and start is None:
+            start = z
+        elif value != 0 and start is not None:
+            if z - start >= min_len:
+                runs.append((start, z))
+            start = None
+    return runs
+
+
+def real_backgrounds(shared_data: Path) -> list[Background]:
+    """normal001 whole plus the clear runs of P001 and cap001 that hold lung."""
+    folder = Path(shared_data) / "covid-ct-md"
+    cases = json.loads((folder / "labels.json").read_text())["cases"]
+    out = []
+    for patient, info in cases.items():
+        image = sitk.ReadImage(str(folder / info["file"]))
+        lungs = segment_lungs(image)
+        labels = info.get("slice_infection_label_by_nifti_z")
+        runs = clear_runs(labels) if labels else [(0, image.GetSize()[2])]
+        lung_z = sitk.GetArrayViewFromImage(lungs).any(axis=(1, 2))
+        for z0, z1 in runs:
+            if lung_z[z0:z1].sum() < MIN_CLEAR_SLICES:
+                continue
+            name = patient if labels is None else f"{patient}-z{z0}-{z1 - 1}"
+            out.append(Background(name, patient, image[:, :, z0:z1], lungs[:, :, z0:z1]))
+    return out
+
+
+def _canvas(image: sitk.Image, lungs: np.ndarray, hu: np.ndarray) -> Canvas:
+    """A phantom canvas over ``image`` (identity direction) in mm about the lungs' centre."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(np.abs(direction), np.eye(3), atol=1e-3):
+        raise ValueError(f"hybrid backgrounds must be axis-aligned, got direction {image.GetDirection()}")
+    centre = np.argwhere(lungs > 0).mean(axis=0)  # (z, y, x)
+    axes = []
+    for k, n in enumerate(image.GetSize()):
+        index = np.arange(n) - centre[2 - k]
+        axes.append(index * image.GetSpacing()[k] * direction[k, k])
+    canvas = Canvas(axes[0], axes[1], axes[2], voxel_mm=float(min(image.GetSpacing())))
+    canvas.hu = hu.copy()
+    canvas.label = lungs.astype(np.uint8).copy()
+    return canvas
+
+
+def _site(canvas: Canvas, rng: np.random.Generator, side: int, depth_mm: tuple[float, float], lower: bool):
+    """A lung voxel of ``side`` ``depth_mm`` inside the pleura (lower 60 % of the lung if ``lower``)."""
+    lung = canvas.label == side
+    depth = ndi.distance_transform_edt(lung, sampling=(abs(canvas.z[1] - canvas.z[0]), abs(canvas.y[1] - canvas.y[0]),
+                                                       abs(canvas.x[1] - canvas.x[0])))
+    ok = lung & (depth >= depth_mm[0]) & (depth <= depth_mm[1])
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    if lower and zs.size:
+        ok[zs[0] + int(0.6 * (zs[-1] - zs[0])) + 1:] = False  # z index grows superior
+    cand = np.argwhere(ok) if ok.any() else np.argwhere(lung)
+    if cand.size == 0:
+        return None
+    z, y, x = cand[rng.integers(len(cand))]
+    return float(canvas.x[x]), float(canvas.y[y]), float(canvas.z[z])
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    a, b = rng.uniform(0.0, np.pi), rng.uniform(-0.3, 0.3)
+    rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(b), -np.sin(b)], [0.0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def _covid(canvas: Canvas, rng: np.random.Generator, field: SmoothField) -> int:
+    count = int(rng.integers(2, 7))
+    sides = [LEFT_LUNG, RIGHT_LUNG] + [int(rng.choice([LEFT_LUNG, RIGHT_LUNG])) for _ in range(count - 2)]
+    for side in sides:
+        lower = bool(rng.random() < 0.8)
+        r = float(rng.uniform(10.0, 28.0)) * (1.0 if lower else 0.7)
+        centre = _site(canvas, rng, side, (0.3 * r, 0.7 * r), lower)
+        if centre is None:
+            continue
+        paint_lesion(canvas, Lesion(
+            side=side, centre=centre, radii=(r, r * float(rng.uniform(0.55, 0.9)), float(rng.uniform(8.0, 22.0))),
+            rotation=_rotation(rng), hu=float(rng.uniform(max(GGO_BAND_HU[0], -700.0), -450.0)),
+            core=float(rng.uniform(0.3, 0.5)) if rng.random() < 0.35 else 0.0,
+            core_hu=float(rng.uniform(-120.0, 10.0)), paving=bool(rng.random() < 0.35),
+            edge=float(rng.uniform(0.2, 0.4)), field_offset=tuple(rng.uniform(-60.0, 60.0, 3))), field)
+    return count
+
+
+def _pneumonia(canvas: Canvas, rng: np.random.Generator, field: SmoothField) -> int:
+    side = int(rng.choice([LEFT_LUNG, RIGHT_LUNG]))
+    r = float(rng.uniform(35.0, 60.0))
+    centre = _site(canvas, rng, side, (0.15 * r, 0.5 * r), bool(rng.random() < 0.7))
+    if centre is None:
+        return 0
+    # A fissure: lung beyond a random plane through the lesion (offset) is kept out while painting.
+    normal = rng.normal(size=3)
+    normal /= np.linalg.norm(normal)
+    offset = float(rng.uniform(0.2, 0.6)) * r
+    x, y, z = canvas.x[None, None, :], canvas.y[None, :, None], canvas.z[:, None, None]
+    beyond = ((x - centre[0]) * normal[0] + (y - centre[1]) * normal[1] + (z - centre[2]) * normal[2]) > offset
+    keep = canvas.label.copy()
+    canvas.label[beyond & (canvas.label == side)] = 0
+    lesion = Lesion(side=side, centre=centre, radii=(r, r * float(rng.uniform(0.8, 1.1)), r * 0.9),
+                    rotation=_rotation(rng), hu=float(rng.uniform(max(CONSOLIDATION_BAND_HU[0], -30.0), 45.0)),
+                    core=0.0, core_hu=0.0, paving=False, edge=float(rng.uniform(0.08, 0.15)),
+                    field_offset=tuple(rng.uniform(-60.0, 60.0, 3)))
+    paint_lesion(canvas, lesion, field)
+    canvas.label = np.where(canvas.label == LESION, LESION, keep)
+    # Air bronchograms: a few tapering air tubes through the consolidation, pointing to the hilum.
+    towards_hilum = -np.asarray(centre) / max(float(np.linalg.norm(centre)), 1e-6)
+    for _ in range(int(rng.integers(2, 5))):
+        a = np.asarray(centre) + rng.normal(0.0, 0.3 * r, 3)
+        b = a + (towards_hilum + rng.normal(0.0, 0.4, 3)) * r
+        w = tube_weight(x, y, z, a, b, float(rng.uniform(1.5, 3.0)), 0.8, max(0.5 * canvas.voxel_mm, 0.3))
+        inside = canvas.label == LESION
+        canvas.hu[inside] = (canvas.hu + (BRONCHOGRAM_HU - canvas.hu) * w)[inside]
+    return 1
+
+
+def paint_lesions(image: sitk.Image, lungs: sitk.Image, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(hu, labels, lesion count) with ``kind`` lesions painted into the lungs of a real CT (arrays z, y, x)."""
+    if kind not in KINDS:
+        raise ValueError(f"hybrid kind {kind!r}; expected one of {KINDS}")
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    labels = sitk.GetArrayFromImage(lungs)
+    sigma = [LOWPASS_SIGMA_MM / s for s in image.GetSpacing()[::-1]]
+    low = ndi.gaussian_filter(hu, sigma)
+    canvas = _canvas(image, labels, low)
+    field = SmoothField(rng, step_mm=6.0, smooth_vox=1.0, lo=(-300.0, -300.0, -400.0), hi=(300.0, 300.0, 400.0))
+    count = (_covid if kind == "covid" else _pneumonia)(canvas, rng, field)
+    # Where nothing was painted the CT stays bit for bit; elsewhere its fine detail rides on the lesion.
+    return np.where(canvas.hu != low, canvas.hu + (hu - low), hu), canvas.label, count
+
+
+def augment(hu: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Seeded in-plane rotation (+-8 deg), noise, blur or sharpening, and now and then 2x thicker slices."""
+    info: dict = {"rotation_deg": round(float(rng.uniform(-8.0, 8.0)), 2)}
+    hu = ndi.rotate(hu, info["rotation_deg"], axes=(1, 2), reshape=False, order=1, mode="nearest")
+    labels = ndi.rotate(labels, info["rotation_deg"], axes=(1, 2), reshape=False, order=0, mode="constant")
+    kernel = rng.choice(["none", "blur", "sharpen"])
+    amount = float(rng.uniform(0.4, 1.0))
+    if kernel != "none":
+        smooth = ndi.gaussian_filter(hu, [0.0, amount, amount])
+        hu = smooth if kernel == "blur" else hu + 0.8 * (hu - smooth)
+    info["kernel"] = f"{kernel} {amount:.2f}" if kernel != "none" else "none"
+    if rng.random() < 0.3 and hu.shape[0] >= 4:  # thicker slices: average neighbouring pairs along z
+        hu = 0.5 * (hu + np.concatenate([hu[1:], hu[-1:]]))
+        info["thick_slices"] = True
+    info["noise_sd_hu"] = round(float(rng.uniform(0.0, 25.0)), 1)
+    hu = hu + rng.normal(0.0, info["noise_sd_hu"], hu.shape).astype(np.float32)
+    return hu, labels, info
+
+
+def make_hybrid(background: Background, kind: str, seed: int) -> tuple[sitk.Image, sitk.Image, dict]:
+    """One hybrid case: (int16 HU image, uint8 truth 1/2/3, info) on the background's grid."""
+    hu, labels, count = paint_lesions(background.image, background.lungs, kind, seed)
+    rng = np.random.default_rng([seed, 7, KINDS.index(kind)])
+    hu, labels, info = augment(hu, labels, background.image.GetSpacing()[::-1], rng)
+    image = sitk.GetImageFromArray(np.clip(np.round(hu), -1024, 3071).astype(np.int16))
+    truth = sitk.GetImageFromArray(labels.astype(np.uint8))
+    for out in (image, truth):
+        out.CopyInformation(background.image)
+    info.update(background=background.case_id, patient=background.patient, kind=kind, seed=seed, lesions=count,
+                lesion_ml=round(float((labels == LESION).sum() * np.prod(background.image.GetSpacing()) / 1000), 1))
+    return image, truth, info
+
+
+def hybrid_seg_cases(shared_data: Path, kinds: list[str], seeds: list[int], cache_dir: Path, log=None) -> list:
+    """Segmenter cases (``segmenter_data.SegCase``) for every background x kind x seed, cached as NIfTI."""
+    from training.segmenter_data import SegCase
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for background in real_backgrounds(shared_data):
+        for kind in kinds:
+            for seed in seeds:
+                stem = cache_dir / f"hybrid_v{HYBRID_VERSION}_{background.case_id}_{kind}_{seed}"
+                image_path, truth_path = Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_truth.nii.gz")
+                if not (image_path.is_file() and truth_path.is_file()):
+                    image, truth, info = make_hybrid(background, kind, seed)
+                    sitk.WriteImage(truth, str(truth_path), True)
+                    sitk.WriteImage(image, str(image_path), True)  # the image last: its presence marks a case done
+                    if log is not None:
+                        log("hybrids", f"hybrid {background.case_id} {kind} seed {seed}: {info}")
+                cases.append(SegCase(f"hybrid-{background.case_id}-{kind}-{seed}", image_path, truth_path, "hybrid",
+                                     True, group=f"real-{background.patient}"))
+    return cases
