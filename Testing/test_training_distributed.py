@@ -35,6 +35,11 @@ def _check_outputs(out: Path, tmp_path: Path, proc) -> dict:
     state = torch.load(out / "checkpoint_last.pt", weights_only=True)
     assert state["epoch"] == 0
     assert proc.stdout.count("[done]") == 1  # progress lines from rank 0 only
+    # each rank trains on its own half: together every item once, plus at most the sampler's one padding item
+    shares = run["training"]["rank_shares"]
+    n = shares["dataset_items"]
+    assert n >= 2 and shares["items_per_rank"] == [(n + 1) // 2] * 2, shares
+    assert shares["items_covered"] == n and shares["items_seen_twice"] == 2 * ((n + 1) // 2) - n, shares
     return run
 
 

@@ -146,6 +146,31 @@ def all_reduce_mean(value: float, ctx: RunContext) -> float:
     return float(t.item()) / ctx.world_size
 
 
+def rank_shares(loader: torch.utils.data.DataLoader, ctx: RunContext) -> dict[str, Any] | None:
+    """How the first epoch's training items are split over the ranks (for ``run.json``; None off rank 0).
+
+    Each rank lists the dataset indices its sampler gives (a ``DistributedSampler`` is seeded by its own
+    generator, so listing it changes no random state; any other sampler means the whole dataset); rank 0
+    gathers them. With DDP working, each rank holds about 1/world_size of the items and none is seen twice
+    except the sampler's padding (fewer than world_size items).
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = loader.sampler
+    mine = [int(i) for i in sampler] if isinstance(sampler, DistributedSampler) else list(range(len(loader.dataset)))
+    shares = [mine]
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        shares = [None] * ctx.world_size
+        dist.all_gather_object(shares, mine)
+    if not ctx.is_main:
+        return None
+    seen = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in shares]), minlength=len(loader.dataset))
+    return {"dataset_items": len(loader.dataset), "items_per_rank": [len(s) for s in shares],
+            "items_covered": int((seen > 0).sum()), "items_seen_twice": int(np.maximum(seen - 1, 0).sum())}
+
+
 def barrier(ctx: RunContext) -> None:
     if ctx.distributed:
         import torch.distributed as dist

@@ -37,6 +37,7 @@ from training.common import (
     barrier,
     command_line,
     load_checkpoint,
+    rank_shares,
     save_checkpoint,
     setup_run,
     teardown_run,
@@ -161,17 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def zero_init_residual(model: torch.nn.Module) -> None:
-    """Start each residual branch at zero (the last BN scale of every bottleneck), as torchvision's
-    ``zero_init_residual=True`` does: each block starts as the identity, which trains a network from
-    scratch markedly faster (Goyal et al. 2017). Only used without ImageNet weights."""
-    from torchvision.models.resnet import Bottleneck
-
-    for m in model.modules():
-        if isinstance(m, Bottleneck):
-            torch.nn.init.zeros_(m.bn3.weight)
-
-
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -236,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=args.num_workers, generator=gen, drop_last=len(train_ds) > args.batch_size)
     val_dl = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    shares = rank_shares(train_dl, ctx)  # every rank takes part
 
-    model = build_classifier(len(CLASS_NAMES), args.pretrained, args.pretrained_sha256)
-    if not args.pretrained:
-        zero_init_residual(model)
+    # from scratch, each residual block starts as the identity (torchvision's zero_init_residual)
+    model = build_classifier(len(CLASS_NAMES), args.pretrained, args.pretrained_sha256,
+                             zero_init_residual=not args.pretrained)
     precision = Precision(args.precision, ctx.device, spatial_dims=2)
     model = wrap_ddp(precision.model(model), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
@@ -311,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                          "weight_decay": args.weight_decay, "schedule": "cosine", "seed": args.seed,
                          "precision": args.precision, "val_every": args.val_every,
                          "augmentation_strength": args.augment_strength, "balance_classes": args.balance_classes, "world_size": ctx.world_size,
+                         "rank_shares": shares,
                          "device": str(ctx.device), "lung_mask": args.lung_mask,
                          "slices": {"train": len(train_ds), "val": len(val_ds),
                                     "train_per_class": dict(zip(CLASS_NAMES, torch.bincount(

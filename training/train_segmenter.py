@@ -34,6 +34,7 @@ from training.common import (
     barrier,
     command_line,
     load_checkpoint,
+    rank_shares,
     save_checkpoint,
     setup_run,
     teardown_run,
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                           num_workers=args.num_workers, collate_fn=list_data_collate,
                           generator=torch.Generator().manual_seed(args.seed))
     val_data = [prepared[c] for c in split.val]
+    shares = rank_shares(train_dl, ctx)  # every rank takes part
 
     arch_kwargs = {"n_labels": n_labels, "channels": [int(v) for v in args.channels.split(",")],
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                                       else f"RandCropByLabelClassesd ratios 1:{args.lesion_crop_ratio:g}"
                                       if args.lesion_crop_ratio > 0 else "RandCropByPosNegLabeld pos=1 neg=1"),
                          "seed": args.seed,
-                         "world_size": ctx.world_size, "device": str(ctx.device), "sides": args.sides},
+                         "world_size": ctx.world_size, "rank_shares": shares, "device": str(ctx.device),
+                         "sides": args.sides},
             "history": history,
             "best_val_metric": {"name": "val_mean_dice", "value": best},
             "command": command_line(),
