@@ -234,6 +234,27 @@ def test_reference_without_known_segment_names_is_refused(scene):
         segmentations.referenceLabelmapFromSegmentationNode(refNode, volumeNode)
 
 
+def test_reference_segments_are_matched_by_terminology_code_when_names_say_nothing(scene):
+    image = obliqueImage()
+    truth = ballLabelmap(image)
+    volumeNode = volumes.addVolumeNodeFromSitkImage(scene, image, "CT")
+    refNode = segmentations.segmentationNodeFromLabelmap(scene, truth, "ref", volumeNode)
+    def code(c):  # constants keep (code value, scheme, meaning); Slicer writes scheme^code^meaning
+        return f"{c[1]}^{c[0]}^{c[2]}"
+
+    for index in range(3):  # names say nothing; the terminology (as Slicer stores it) says what each is
+        term = constants.TERMINOLOGY[index + 1]
+        segment = refNode.GetSegmentation().GetNthSegment(index)
+        segment.SetName(f"Segment_{index}")
+        segment.SetTag("TerminologyEntry", f"ctx~{code(term.category)}~{code(term.type)}~^^~ctx2~^^~^^")
+    reference = segmentations.referenceLabelmapFromSegmentationNode(refNode, volumeNode)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(truth))
+    assert segmentations.terminologyTypeCode(segmentations.segmentTerminology(refNode, refNode.GetSegmentation()
+                                                                               .GetNthSegmentID(0))) == \
+        constants.TERMINOLOGY[1].type[0]
+    assert segmentations.terminologyTypeCode("") == "" and segmentations.terminologyTypeCode("a~b") == ""
+
+
 # --- statistics -> table node -----------------------------------------------------------------------
 
 REPORT = {

@@ -94,6 +94,17 @@ def segmentTerminology(segmentationNode, segmentId: str) -> str:
     return str(value)
 
 
+def terminologyTypeCode(terminology: str) -> str:
+    """The type's code value in a Slicer terminology string (slicerio parses it); '' when none or malformed."""
+    from slicerio.segmentation import terminology_entry_from_string
+
+    try:
+        typeCode = terminology_entry_from_string(terminology).get("type") or []
+    except (IndexError, ValueError):  # slicerio raises IndexError on a string with too few fields
+        return ""
+    return typeCode[1] if len(typeCode) > 1 else ""
+
+
 def matchReferenceSegments(segmentationNode) -> dict[int, str]:
     """Map core labels to segment ids of a reference segmentation, by name or terminology code.
 
@@ -105,10 +116,9 @@ def matchReferenceSegments(segmentationNode) -> dict[int, str]:
     for index in range(segmentation.GetNumberOfSegments()):
         segmentId = segmentation.GetNthSegmentID(index)
         name = segmentation.GetNthSegment(index).GetName().strip().lower()
-        terminology = segmentTerminology(segmentationNode, segmentId)
+        typeCode = terminologyTypeCode(segmentTerminology(segmentationNode, segmentId))
         for label, aliases in REFERENCE_NAME_ALIASES.items():
-            typeField = terminology.split("~")[2] if terminology.count("~") >= 2 else ""
-            if label not in matches and (name in aliases or f"^{codes[label]}^" in f"^{typeField}^"):
+            if label not in matches and (name in aliases or typeCode == codes[label]):
                 matches[label] = segmentId
                 break
     if not matches:

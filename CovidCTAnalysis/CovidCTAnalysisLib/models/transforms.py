@@ -161,11 +161,11 @@ def _resize_square(x: torch.Tensor, size: int, keep_aspect: bool) -> torch.Tenso
 
 def classifier_normalize(x: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
     """ImageNet mean/std normalisation of (…, 3, S, S) tensors in 0..1 when the metadata asks for it."""
+    from torchvision.transforms.v2 import functional as tvf
+
     if not classifier_settings(preprocessing)["imagenet_norm"]:
         return x
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+    return tvf.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def classifier_inputs(hu_slices: np.ndarray, preprocessing: dict[str, Any], normalize: bool = True) -> torch.Tensor:
@@ -207,15 +207,6 @@ class _ClampUnit(torch.nn.Module):
         return x.clamp(0.0, 1.0)
 
 
-class _Normalize(torch.nn.Module):
-    def __init__(self, preprocessing: dict[str, Any]) -> None:
-        super().__init__()
-        self.preprocessing = dict(preprocessing)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return classifier_normalize(x, self.preprocessing)
-
-
 def classifier_train_transforms(preprocessing: dict[str, Any], strength: float = 1.0):
     """Training-only augmentation of (3, S, S) or (N, 3, S, S) tensors in 0..1 from
     ``classifier_inputs(..., normalize=False)``: random resized crop (scaling and
@@ -238,8 +229,9 @@ def classifier_train_transforms(preprocessing: dict[str, Any], strength: float =
             v2.ColorJitter(brightness=0.1 * s, contrast=0.15 * s),
             _ClampUnit(),
         ]
-    ops.append(_Normalize(p))
-    return v2.Compose(ops)
+    if p["imagenet_norm"]:  # as classifier_normalize at inference
+        ops.append(v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)))
+    return v2.Compose(ops) if ops else v2.Identity()
 
 
 # --- segmenter --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_rescale
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
@@ -36,6 +37,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from CovidCTAnalysisLib import __version__
 
@@ -126,15 +128,10 @@ def write_dicom_series(
 
 
 def _ds_str(value: float) -> str:
-    """A DS value (at most 16 characters) that keeps as much precision as fits."""
+    """A DS value (at most 16 characters, pydicom's ``format_number_as_ds``); float noise of a rotated
+    direction matrix (|v| < 1e-9) is written as 0 rather than as 1.2246467991e-16."""
     v = float(value)
-    if abs(v) < 1e-9:
-        return "0"
-    for digits in range(12, 3, -1):
-        s = f"{v:.{digits}g}"
-        if len(s) <= 16:
-            return s
-    return f"{v:.4g}"
+    return "0" if abs(v) < 1e-9 else format_number_as_ds(v)
 
 
 def _slice_dataset(*, sop_class, sop_uid, modality, study_uid, series_uid, for_uid, date, time,
@@ -200,9 +197,7 @@ def read_back_hu(files: Sequence[Path]) -> np.ndarray:
     slices = []
     for f in files:
         ds = pydicom.dcmread(f)
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        slices.append(ds.pixel_array.astype(np.float64) * slope + intercept)
+        slices.append(apply_rescale(ds.pixel_array.astype(np.float64), ds))
     return np.stack(slices)
 
 
