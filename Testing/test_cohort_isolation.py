@@ -161,6 +161,7 @@ def test_a_corrupt_file_and_a_non_ct_series_fail_with_the_loaders_message(tmp_pa
     assert "no CT series" in read_status(tmp_path / "out", "mr_series")["error"]
 
 
+@pytest.mark.slow  # importing dask-jobqueue and starting its scheduler: ~25 s on the busy 2-core machine
 def test_the_slurm_job_script_books_one_gpu_and_one_scan_slot_per_job(tmp_path):
     pytest.importorskip("dask_jobqueue")
     from CovidCTAnalysisLib.cohort.clusters import slurm_cluster
