@@ -69,8 +69,8 @@ class CohortTracker:
             if status.get("status") != "ok":
                 self.log(f"FAILED {status.get('scan_id')}: {status.get('error')}", "warning")
             self._bar.set_postfix_str(f"done {self.ok}, failed {self.failed}, remaining {self.remaining}, "
-                                      f"{rate:.0f} scans/h")
-            self._bar.update(1)
+                                      f"{rate:.0f} scans/h", refresh=False)
+            self._bar.update(1)  # draws the bar with the new counts
         elif self.mode == "plain":
             what = "ok" if status.get("status") == "ok" else f"FAILED: {status.get('error')}"
             print(f"[{self.ok + self.failed}/{self.to_run}] {status.get('scan_id')} {what} "
