@@ -152,11 +152,11 @@ def test_logic_reports_the_cli_error_and_adds_nothing(moduleAndScene, monkeypatc
 
 
 @pytest.mark.slow
-def test_logic_end_to_end_with_installed_models(moduleAndScene):
+def test_logic_end_to_end_with_installed_models(moduleAndScene, tiny_models_dir):
+    """The model method through the Logic, with the session's tiny demo models (conftest) installed."""
     from CovidCTAnalysisSlicer.models import listModelChoices
 
-    if not listModelChoices("classification")[0] or not listModelChoices("segmentation")[0]:
-        pytest.skip("no trained models installed (run `make demo`)")
+    assert listModelChoices("classification")[0] and listModelChoices("segmentation")[0]
     module, scene, _tmp, shown = moduleAndScene
     from CovidCTAnalysisSlicer.selftest import addPhantomToScene, tableMismatches
 

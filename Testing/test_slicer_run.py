@@ -1,8 +1,8 @@
 """The Logic's whole path without Qt: volume node -> temp file -> real ``covidct analyze`` subprocess ->
 segmentation and table nodes, with a reference segmentation for Dice; cancel leaves nothing behind.
 
-The threshold method needs no trained model, so it always runs here; the model path runs when models
-are installed (``make demo``), else it is skipped with the reason.
+The threshold method needs no trained model; the model path runs with the session's tiny demo models
+(``tiny_models.py``).
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ def test_bad_input_error_reaches_the_caller(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_run_classifies_when_models_are_installed(phantom, tmp_path):
+def test_model_run_classifies_when_models_are_installed(phantom, tmp_path, tiny_models_dir):
+    """The model path with the session's tiny demo models (conftest) installed."""
     classifiers, message = listModelChoices("classification")
     segmenters, _ = listModelChoices("segmentation")
-    if not classifiers or not segmenters:
-        pytest.skip(f"no trained models installed: {message}")
+    assert classifiers and segmenters, message
     scene = newScene()
     volumeNode = volumes.addVolumeNodeFromSitkImage(scene, phantom.image, "Phantom CT")
     run = AnalysisRun.start(volumeNode, AnalyzeOptions(segment="always", device="cpu", classifier=classifiers[0].spec,
