@@ -9,6 +9,10 @@ package the core imports and that the wheel declares (numpy, scipy, SimpleITK, m
 installed fresh, even when torch's closure also needs it (numpy). The trade-off: a core import of a package
 that only torch's closure brings (sympy, jinja2, fsspec, ...) and the wheel does not declare would not be
 caught here; ``test_runtime_imports_are_declared`` below catches that case from the source.
+
+Measured on the shared 2-core dev machine while others ran tests (``pytest -s`` prints the phases): 411 s in all;
+wheel 18 s, venv + links 28 s, ``pip install`` of the wheel and its dependencies from the index 243 s, phantom
+28 s, analysis 48 s.
 """
 
 from __future__ import annotations
