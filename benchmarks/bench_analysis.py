@@ -170,7 +170,9 @@ def child_baseline(input_path: str, device: str, threads: int, result: str) -> N
     from monai.networks.nets import BasicUNet
 
     torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    from CovidCTAnalysisLib.models.device import select_device
+
+    dev = select_device(device)
     with _Sampler() as sampler:
         t0 = time.perf_counter()
         img = sitk.ReadImage(input_path, sitk.sitkFloat32)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CLASS_NAMES
+from CovidCTAnalysisLib.geometry import patient_axes
 from CovidCTAnalysisLib.loading.load import read_image_file
 
 from training.phantom_cache import KIND_TO_CLASS, phantom_set
@@ -104,7 +105,8 @@ def labels_by_z(upstream: np.ndarray, image: sitk.Image) -> np.ndarray:
     if upstream.size < n:
         raise ValueError(f"slice labels have {upstream.size} entries for an image of {n} slices")
     labels = upstream[:n].astype(np.uint8)  # rows of the upstream array are padded to the longest case
-    z_dir_superior = np.array(image.GetDirection()).reshape(3, 3)[2, 2] > 0
+    axes = patient_axes(image)
+    z_dir_superior = axes.lps_of_index[2] == 2 and axes.sign[2] > 0
     return labels[::-1].copy() if z_dir_superior else labels.copy()
 
 

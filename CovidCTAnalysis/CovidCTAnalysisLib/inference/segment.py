@@ -99,6 +99,8 @@ def _linear_weights(positions: np.ndarray, origin: float, spacing: float, n: int
     return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(w)
 
 
+# Hand-written for speed and memory: one separable interpolation in slabs instead of an sitk.Resample per class
+# (2.8x faster in the issue-14 review), never a full-resolution map per class.
 def _separable_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, slab: int = 8) -> np.ndarray:
     """Argmax channel on ``target`` (axis-aligned with the identity-direction ``grid``)."""
     out = np.zeros(target.GetSize()[::-1], dtype=np.uint8)

@@ -14,20 +14,20 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from CovidCTAnalysisLib.masks import pieces
+
 
 def largest_region_centre(mask: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[tuple[int, ...], int]:
     """(centre index, voxel count) of the largest connected region of ``mask``; ((), 0) when empty."""
-    lab, n = ndimage.label(mask)
-    if n == 0:
+    p = pieces(mask)
+    if p.n == 0:
         return (), 0
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    k = int(np.argmax(counts))
-    sl = ndimage.find_objects(lab)[k - 1]
-    region = np.pad(lab[sl] == k, 1)  # padded so the region's border counts as outside
+    k = int(np.argmax(p.sizes))
+    sl = ndimage.find_objects(p.labels)[k - 1]
+    region = np.pad(p.labels[sl] == k, 1)  # padded so the region's border counts as outside
     depth = ndimage.distance_transform_edt(region, sampling=spacing_zyx)
     c = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return tuple(int(s.start) + int(i) - 1 for s, i in zip(sl, c, strict=True)), int(counts[k])
+    return tuple(int(s.start) + int(i) - 1 for s, i in zip(sl, c, strict=True)), int(p.sizes[k])
 
 
 def next_click(prediction: np.ndarray, truth: np.ndarray,

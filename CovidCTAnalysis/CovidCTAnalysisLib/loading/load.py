@@ -89,6 +89,7 @@ class _NonFiniteCounter:
             self.count += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype=self.dtype))))
 
 
+# Hand-written because no library does it: SimpleITK silently zero-fills a truncated NIfTI.
 def _check_nifti_complete(path: Path) -> None:
     """Check what ITK does not: truncation (ITK zero-fills it) and NaN/inf (ITK's NIfTI reader sets them to 0).
 

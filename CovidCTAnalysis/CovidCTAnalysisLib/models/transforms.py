@@ -338,6 +338,8 @@ def get_segmenter_transforms(mode: str, preprocessing: dict[str, Any], num_sampl
     ])
 
 
+# Hand-written: MONAI's RandFlipd mirrors images and labels alike, but a left-right mirror must also swap the
+# left/right lung labels (a rule no library has), or the flipped case teaches the network wrong sides.
 def _make_lr_flip():
     from monai.transforms import MapTransform, RandomizableTransform
 

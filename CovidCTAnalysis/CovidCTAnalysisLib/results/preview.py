@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTAnalysisLib.constants import LABEL_NAMES, LESION, TERMINOLOGY
+from CovidCTAnalysisLib.geometry import patient_axes
 from CovidCTAnalysisLib.loading.volume import patient_left_axis
 
 LUNG_WINDOW = (-1350.0, 150.0)  # display range (level -600, width 1500)
@@ -54,7 +55,6 @@ def write_preview(image: sitk.Image, labelmap: sitk.Image, path: str | Path, tit
     lab = sitk.GetArrayViewFromImage(labelmap)
     z, y = choose_slices(lab)
     sx, sy, sz = image.GetSpacing()
-    d = np.array(image.GetDirection()).reshape(3, 3)
     fig = Figure(figsize=(11, 6.2), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -63,8 +63,8 @@ def write_preview(image: sitk.Image, labelmap: sitk.Image, path: str | Path, tit
                    interpolation="nearest")
     axes[0].imshow(_overlay(lab[z]), aspect=sy / sx, interpolation="nearest")
     axes[0].set_title(f"axial, slice z={z}")
-    # Coronal: superior up. With d[2, 2] > 0 increasing z index goes superior, so draw with origin='lower'.
-    origin = "lower" if d[2, 2] >= 0 else "upper"
+    # Coronal: superior up. When increasing z index goes superior, draw with origin='lower'.
+    origin = "lower" if patient_axes(image).sign[2] >= 0 else "upper"
     axes[1].imshow(ct[:, y, :], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=sz / sx,
                    origin=origin, interpolation="nearest")
     axes[1].imshow(_overlay(lab[:, y, :]), aspect=sz / sx, origin=origin, interpolation="nearest")

@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LESION
+from CovidCTAnalysisLib.masks import pieces
 from CovidCTAnalysisLib.threshold.grid import array_to_image, labels_to_grid, to_isotropic
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs_working
 
@@ -112,12 +113,10 @@ def lesion_mask_array(hu: np.ndarray, lung: np.ndarray, spacing_mm: float) -> np
     band = lung & (hu >= GGO_BAND_HU[0]) & (hu <= CONSOLIDATION_BAND_HU[1])
     core = _opening(solid, SOLID_CORE_MM, spacing_mm)
     seeds = (band & inner & ~vessel_zone & (local > LOCAL_MEAN_MIN_HU)) | (core & deep)
-    labels, n = ndi.label(seeds)
-    if n == 0:
+    p = pieces(seeds)
+    if p.n == 0:
         return seeds
-    sizes_mm3 = np.bincount(labels.ravel()) * spacing_mm**3
-    sizes_mm3[0] = 0.0
-    lesions = (sizes_mm3 >= MIN_LESION_MM3)[labels]
+    lesions = p.select(p.sizes * spacing_mm**3 >= MIN_LESION_MM3)
     steps = int(round(GROW_MM / spacing_mm))
     if steps > 0 and lesions.any():
         lesions = ndi.binary_dilation(lesions, iterations=steps, mask=band)
