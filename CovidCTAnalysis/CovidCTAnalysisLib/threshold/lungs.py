@@ -18,6 +18,8 @@ Method (on a ~2 mm grid aligned with the patient axes, see ``grid``):
    ``GAS_MEDIAN_HU`` and ``DENSE_LUNG_MAX_HU``: dependent density and partial
    volume at the pleura join the lung next to them, pure gas does not.
 6. Left/right by patient coordinates (``lung_sides``).
+6b. Dense (consolidated) lung bounded by ribs, diaphragm and mediastinum
+   joins the lung next to it (``dense_lung``).
 7. Each lung is closed and its axial holes up to ``MAX_HOLE_MM2`` filled, so
    vessels and dense lesions inside it count as lung.
 8. Labels go back to the input grid by nearest-neighbour resampling.
@@ -37,6 +39,7 @@ from CovidCTAnalysisLib.geometry import bounding_box, patient_axes
 from CovidCTAnalysisLib.masks import pieces
 from CovidCTAnalysisLib.threshold.airway import find_trachea_seed, grow_airway
 from CovidCTAnalysisLib.threshold.body_mask import body_and_inside_air, fill_holes_axial
+from CovidCTAnalysisLib.threshold.dense_lung import add_dense_lung
 from CovidCTAnalysisLib.threshold.grid import array_to_image, labels_to_grid, to_working
 from CovidCTAnalysisLib.threshold.lung_sides import split_left_right
 
@@ -146,6 +149,7 @@ def segment_lungs_working(image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
     steps = max(1, int(round(LUNG_GROW_MM / spacing[0])))
     lung = ndi.binary_dilation(lung, iterations=steps, mask=denser)
     labels = split_left_right(lung, body, spacing)
+    labels = add_dense_lung(labels, hu, body, airway, spacing)
     labels = _fill_each_lung(labels, body, spacing)
     return labels, work.image
 
