@@ -72,7 +72,7 @@ def input_profile(image: sitk.Image, lungs: sitk.Image) -> dict[str, float]:
     diff = (hu[:, :, 1:].astype(np.float32) - hu[:, :, :-1])[both][::step]
     mad = float(np.median(np.abs(diff - np.median(diff)))) if diff.size else 0.0
     out = {f"lung_hu_p{p}": round(float(v), 1) for p, v in zip(PERCENTILES, pct, strict=True)}
-    out["noise_hu"] = round(1.4826 * mad / np.sqrt(2.0), 1)
+    out["noise_hu"] = round(float(1.4826 * mad / np.sqrt(2.0)), 1)
     out["lung_ml"] = round(float(lung.sum()) * float(np.prod(image.GetSpacing())) / 1000.0, 1)
     return out
 
@@ -153,7 +153,7 @@ def check_model_result(image: sitk.Image, lungs: sitk.Image, *, label: str | Non
     pcts = {"threshold method": 100.0 * threshold_ml / lung_ml}
     if labelmap is not None:
         seg_ml = lesion_ml(labelmap)
-        seg_lung_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(labelmap))) * np.prod(labelmap.GetSpacing())
+        seg_lung_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(labelmap)) * np.prod(labelmap.GetSpacing()))
         pcts = {"segmenter": 100.0 * seg_ml / max(seg_lung_ml / 1000.0, 1e-6), **pcts}
         warnings.append(lesion_disagreement(seg_ml, threshold_ml))
     if label is not None and probability is not None:
@@ -165,4 +165,4 @@ def check_model_result(image: sitk.Image, lungs: sitk.Image, *, label: str | Non
         else:
             unchecked.append(model_id)
     return {"warnings": [w for w in warnings if w], "profile": profile, "threshold_lesion_ml": round(threshold_ml, 1),
-            "lesion_pct": {k: round(v, 2) for k, v in pcts.items()}, "ood_unchecked": unchecked}
+            "lesion_pct": {k: round(float(v), 2) for k, v in pcts.items()}, "ood_unchecked": unchecked}

@@ -24,9 +24,10 @@ it. The rule here, on an isotropic ``LESION_SPACING_MM`` grid, is:
 
 Tuned on the three real COVID-CT-MD scans (slice-level labels; see
 ``benchmarks/eval_threshold_slices.py``) and the phantoms, with round numbers
-kept on purpose. Known limit: consolidation that fills the lung out to the
-chest wall is not enclosed by aerated lung, so ``segment_lungs`` leaves it out
-of the lung and it cannot be found here (the model path is the one for that).
+kept on purpose. Consolidation that fills the lung out to the chest wall is
+brought into the lungs by ``dense_lung`` (bounded by ribs, diaphragm and
+mediastinum) and classed here like any lung; what that step leaves out (wide
+consolidation lying on the diaphragm) cannot be found here.
 """
 
 from __future__ import annotations
