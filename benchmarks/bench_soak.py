@@ -110,18 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     outs = Path(tempfile.mkdtemp(prefix="covidct-soak-out-"))
     # One copy of the code for this process and the fresh ones (a shared checkout may change meanwhile),
     # and a private temp folder, so that what is counted there is ours alone.
-    code = work / "code"
-    shutil.copytree(MODULE_DIR / "CovidCTAnalysisLib", code / "CovidCTAnalysisLib",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    sys.path.insert(0, str(code))
+    code = MODULE_DIR
+    if "CovidCTAnalysisLib" not in sys.modules:  # (under run_all another benchmark may have imported it)
+        code = work / "code"
+        shutil.copytree(MODULE_DIR / "CovidCTAnalysisLib", code / "CovidCTAnalysisLib",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        sys.path.insert(0, str(code))
     private_tmp = work / "tmp"
     private_tmp.mkdir()
+    saved_tmp = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = str(private_tmp)
     os.environ["TMPDIR"] = str(private_tmp)
     from CovidCTAnalysisLib.errors import CovidCTError
     from CovidCTAnalysisLib.pipeline import analyze
-
-    assert Path(sys.modules["CovidCTAnalysisLib"].__file__).is_relative_to(code)
     size = tuple(int(v) for v in args.size.split(","))
     good, bad = _make_inputs(work, size)
     system_tmp = private_tmp
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"summary": summary, "runs": rows}, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
+    tempfile.tempdir = saved_tmp[0]
+    if saved_tmp[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_tmp[1]
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(outs, ignore_errors=True)
     ok = summary["rss_ok"] and not mismatches and all(fresh.values()) and not unexpected and not tmp_new
