@@ -32,6 +32,7 @@ from CovidCTAnalysisLib.results.dicom_seg import (
     write_dicom_seg,
 )
 from dicom_validators import chest_volume, edit_series, on_grid, read_with_dcmqi, run_dciodvfy
+from orientations import rotation
 
 MODEL = {"id": "covidct-segmenter-test", "version": "1.2.3", "task": "segmentation", "demo": True}
 
@@ -377,19 +378,11 @@ def test_missing_validator_skips_locally_and_fails_under_ci(monkeypatch):
         dicom_validators.require_dciodvfy()
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
 SOURCE_ORIENTATIONS = {
     # slices stored head to feet (index z runs inferior), rows bottom to top
     "reversed-stack": (np.diag([1.0, -1.0, -1.0]), (64, 64, 20)),
     # oblique axial: tilted 15 degrees about the patient's left-right axis, turned 10 degrees in plane
-    "tilted": (_rotation(0, 15.0) @ _rotation(2, 10.0), (64, 64, 20)),
+    "tilted": (rotation(0, 15.0) @ rotation(2, 10.0), (64, 64, 20)),
     # coronal slices: rows run left-right, columns superior to inferior, slices stacked anterior to posterior
     "coronal": (np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]), (64, 20, 64)),
 }

@@ -14,21 +14,7 @@ from CovidCTAnalysisLib.geometry import (
     patient_axes,
     voxel_box,
 )
-
-
-def signed_permutation(perm, signs) -> np.ndarray:
-    d = np.zeros((3, 3))
-    for j, (k, s) in enumerate(zip(perm, signs, strict=True)):
-        d[k, j] = s
-    return d
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
+from orientations import rotation, signed_permutation
 
 
 def image(size=(6, 5, 4), spacing=(0.7, 1.1, 2.5), origin=(-10.0, 20.0, 5.0), direction=None) -> sitk.Image:

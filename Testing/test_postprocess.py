@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from CovidCTAnalysisLib.inference.postprocess import postprocess_labelmap, postprocess_with_notes
+from orientations import rotation, signed_permutation
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 FLIP_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -114,25 +115,13 @@ def test_a_small_lung_is_kept_while_specks_go():
     assert not out[0:2, 0:2, 0:2].any()
 
 
-def _rotation_z(degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def _signed_permutation(perm, signs) -> np.ndarray:
-    d = np.zeros((3, 3))
-    for j, (k, s) in enumerate(zip(perm, signs, strict=True)):
-        d[k, j] = s
-    return d
-
-
 ORIENTATIONS = [
-    _signed_permutation((1, 0, 2), (1, 1, 1)),  # image x runs along LPS y, image y along LPS x
-    _signed_permutation((1, 0, 2), (-1, -1, 1)),
-    _signed_permutation((2, 1, 0), (1, 1, 1)),  # image z runs along the patient's left-right axis (sagittal stack)
-    _signed_permutation((0, 2, 1), (-1, 1, -1)),  # coronal, x flipped
-    _rotation_z(35.0) @ _signed_permutation((1, 0, 2), (1, -1, 1)),  # tilted and axis-swapped
-    _rotation_z(-40.0),  # tilted: image x still closest to LPS x, but only at cos 40
+    signed_permutation((1, 0, 2), (1, 1, 1)),  # image x runs along LPS y, image y along LPS x
+    signed_permutation((1, 0, 2), (-1, -1, 1)),
+    signed_permutation((2, 1, 0), (1, 1, 1)),  # image z runs along the patient's left-right axis (sagittal stack)
+    signed_permutation((0, 2, 1), (-1, 1, -1)),  # coronal, x flipped
+    rotation(2, 35.0) @ signed_permutation((1, 0, 2), (1, -1, 1)),  # tilted and axis-swapped
+    rotation(2, -40.0),  # tilted: image x still closest to LPS x, but only at cos 40
 ]
 
 
