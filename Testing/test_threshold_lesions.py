@@ -124,3 +124,24 @@ def test_rule_keeps_a_ground_glass_ball_and_drops_a_vessel():
 def test_rule_drops_lesions_below_the_minimum_size():
     hu, lung = _ball_scene(2, -450.0)  # 4 mm radius: ~ 0.3 mL
     assert not lesion_mask_array(hu, lung, 2.0).any()
+
+
+def test_labelmap_does_not_depend_on_freed_memory(tmp_path):
+    """Dask workers return freed memory to the OS at once (MALLOC_TRIM_THRESHOLD_); a numpy view of a temporary
+    sitk image then read zeros and the lesions vanished (covidct batch found 0 % everywhere)."""
+    import os
+    import subprocess
+    import sys
+
+    ph = make_phantom("covid", 0, size=(96, 96, 64))
+    sitk.WriteImage(ph.image, str(tmp_path / "ct.nii.gz"))
+    here = sitk.GetArrayFromImage(threshold_labelmap(ph.image))
+    code = ("import sys, SimpleITK as sitk\n"
+            "from CovidCTAnalysisLib.threshold.lesions import threshold_labelmap\n"
+            "sitk.WriteImage(threshold_labelmap(sitk.ReadImage(sys.argv[1])), sys.argv[2])\n")
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "0"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "ct.nii.gz"), str(tmp_path / "lab.nii.gz")],
+                   env=env, check=True, timeout=300)
+    there = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "lab.nii.gz")))
+    assert (here == LESION).sum() > 0
+    np.testing.assert_array_equal(there, here)

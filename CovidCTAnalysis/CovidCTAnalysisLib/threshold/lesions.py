@@ -127,7 +127,8 @@ def lesion_mask_array(hu: np.ndarray, lung: np.ndarray, spacing_mm: float) -> np
 def _lesions_on_input_grid(image: sitk.Image, lungs: sitk.Image) -> np.ndarray:
     """uint8 (z, y, x) lesion array on ``image``'s grid, not yet limited to the lungs."""
     work = to_isotropic(image, LESION_SPACING_MM)
-    lung_iso = sitk.GetArrayViewFromImage(labels_to_grid(lungs, work)) > 0
+    lungs_iso = labels_to_grid(lungs, work)  # named: a view of a temporary image reads freed memory
+    lung_iso = sitk.GetArrayViewFromImage(lungs_iso) > 0
     out = np.zeros(lung_iso.shape, dtype=np.uint8)
     if lung_iso.any():
         # Only the lungs' box (plus a margin) is worked on.
