@@ -81,3 +81,21 @@ def test_replace_dir_puts_the_old_folder_back_when_the_rename_fails(tmp_path, mo
     with pytest.raises(OSError):
         files.replace_dir(src, dst)
     assert (dst / "old").read_text() == "kept"
+
+
+def test_the_three_json_writers_refuse_nan(tmp_path):
+    """report.json, training's run files and a model folder's metadata.json all go through files.write_json."""
+    from CovidCTAnalysisLib.errors import ModelError
+    from CovidCTAnalysisLib.models.folder import save_model_folder
+    from CovidCTAnalysisLib.results.outputs import write_json as write_report
+    from test_model_registry import seg_metadata, tiny_segmenter
+
+    from training.common import write_json as write_training_json
+
+    for write in (lambda p: write_report({"dice": math.nan}, p), lambda p: write_training_json(p, {"dice": math.nan})):
+        with pytest.raises(ValueError, match=r"\$\.dice"):
+            write(tmp_path / "x.json")
+    assert listing(tmp_path) == []
+    with pytest.raises(ModelError, match=r"eval_metrics\.dice"):
+        save_model_folder(tiny_segmenter(), seg_metadata(eval_metrics={"dice": math.nan}), tmp_path / "model")
+    assert listing(tmp_path) == []  # no model folder, no temp folder
