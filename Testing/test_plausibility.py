@@ -73,6 +73,7 @@ def test_out_of_distribution_fires_on_noise_and_density_shift(normal_cases):
     denser = _with(ph.image, np.where(lung, hu + 200.0, hu))
     message = guard.out_of_distribution(guard.input_profile(denser, lungs), seen, "test-model")
     assert message is not None and "lung_hu_p50" in message and "noise_hu" not in message
+    assert "lung_hu_p95" not in message  # recorded, not compared: lesions move it
 
 
 @pytest.mark.slow
@@ -85,6 +86,7 @@ def test_check_model_result_quiet_on_clean_case_and_loud_on_a_bad_one():
     clean = guard.check_model_result(ph.image, lungs, label="COVID-19", probability=0.95, labelmap=ph.truth,
                                      model_profiles={"seg": seen, "old": None})
     assert clean["warnings"] == [], clean
+    assert clean["threshold_lesion_ml"] > 0.2 * ph.lesion_volume_ml()  # the threshold candidates are counted
     assert clean["ood_unchecked"] == ["old"]
     # An "every lung voxel is lesion" segmentation called Normal: disagreement and class against burden.
     all_lesion = sitk.GetArrayFromImage(ph.truth)
