@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-W, H, PAD = 360, 220, 36
+W, H, PAD = 372, 220, 48
 CLASS_COLOURS = {"Normal": "#2b8a3e", "Pneumonia": "#e67700", "COVID-19": "#c92a2a"}
 OTHER_COLOUR = "#1c7ed6"
 
@@ -32,7 +32,8 @@ def _ticks(lo: float, hi: float, axis: str) -> list[str]:
         v = lo + (hi - lo) * i / 4
         if axis == "x":
             x = PAD + (W - PAD - 8) * i / 4
-            out.append(f'<text x="{x:.1f}" y="{H - PAD + 14}" text-anchor="middle" font-size="10">{v:.3g}</text>')
+            anchor = "end" if i == 4 else "middle"  # the last label inside the picture
+            out.append(f'<text x="{x:.1f}" y="{H - PAD + 14}" text-anchor="{anchor}" font-size="10">{v:.3g}</text>')
         else:
             y = H - PAD - (H - PAD - 8) * i / 4
             out.append(f'<text x="{PAD - 3}" y="{y + 3:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
