@@ -14,6 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from fake_datasets import (
+    write_covid19_20,
+    write_covid_ct_md,
+    write_covid_ct_seg_zenodo,
+    write_image,
+    write_kaggle_class_folders,
+)
 
 pytestmark = pytest.mark.slow  # trains networks
 
@@ -93,25 +100,11 @@ def test_phantoms_layout_classifier_analyze(classifier_id, registry_root, covid_
     assert report["classification"]["label"] in ("Normal", "Pneumonia", "COVID-19")
 
 
-def _gray_png(hu: np.ndarray) -> np.ndarray:
-    return (np.clip((hu + 1350.0) / 1500.0, 0, 1) * 255).round().astype(np.uint8)  # a lung window
-
-
 def test_folders_layout(phantoms, registry_root, covid_image, tmp_path):
-    from PIL import Image
-
     from training import train_classifier
     from training.classifier_data import folders_cases
 
-    root = tmp_path / "kaggle"
-    names = {"normal": "NORMAL2_CT", "pneumonia": "PNEUMONIA2_CT", "covid": "COVID2_CT"}
-    for (kind, seed), ph in phantoms.items():
-        hu = sitk.GetArrayFromImage(ph.image)
-        truth = sitk.GetArrayFromImage(ph.truth)
-        zs = [z for z in range(hu.shape[0]) if (truth[z] > 0).any()][::6]
-        (root / names[kind]).mkdir(parents=True, exist_ok=True)
-        for z in zs:
-            Image.fromarray(_gray_png(hu[z])).save(root / names[kind] / f"patient{seed}_{z}.png")
+    root = write_kaggle_class_folders(tmp_path / "kaggle", phantoms)
     cases = folders_cases(root)
     assert len(cases) == 9 and all(len(c.slice_files) > 1 for c in cases)  # slices grouped by patient
     run = tmp_path / "run"
@@ -125,27 +118,11 @@ def test_folders_layout(phantoms, registry_root, covid_image, tmp_path):
 
 
 def test_covid_ct_md_layout_dicom_index_and_slice_labels(phantoms, registry_root, covid_image, tmp_path):
-    from CovidCTAnalysisLib.phantom.write_dicom import write_dicom_series
-
     from training import train_classifier
     from training.classifier_data import covid_ct_md_cases
     from training.classifier_slices import volume_slices
 
-    root = tmp_path / "COVID-CT-MD"
-    folders = {"normal": "Normal subjects", "pneumonia": "CAP subjects", "covid": "COVID-19 subjects"}
-    rows, labels = [], []
-    for (kind, seed), ph in sorted(phantoms.items()):
-        pid = f"{kind[:3]}{seed:03d}"
-        write_dicom_series(ph.image, root / folders[kind] / pid)
-        if kind != "normal":
-            lesion_by_z = (sitk.GetArrayFromImage(ph.truth) == 3).reshape(SIZE[2], -1).any(axis=1)
-            rows.append([len(rows), "COVID-19" if kind == "covid" else "CAP", f"./{kind}/", pid])
-            upstream = np.zeros(60, dtype=np.uint8)  # padded rows, index 0 = most superior slice
-            upstream[:SIZE[2]] = lesion_by_z[::-1]  # phantom z runs inferior -> superior
-            labels.append(upstream)
-    with open(root / "Index.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["Label Index", "Diagnosis", "Relative Path", "Folder/ID"], *rows])
-    np.save(root / "Slice-level-labels.npy", np.stack(labels))
+    root = write_covid_ct_md(tmp_path / "COVID-CT-MD", phantoms)
     cases = covid_ct_md_cases(root)
     assert len(cases) == 9
     cov = next(c for c in cases if c.patient_id == "cov001")
@@ -180,11 +157,6 @@ def test_nifti_csv_layout(phantoms, registry_root, covid_image, tmp_path):
     _analyze(covid_image, tmp_path / "out", registry_root, "t-cls-csv", None)
 
 
-def _write(img: sitk.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
-
-
 def _seg_roundtrip(args: list[str], model_id: str, classifier_id: str, registry_root: Path, covid_image: Path,
                    tmp_path: Path) -> dict:
     from training import train_segmenter
@@ -201,16 +173,7 @@ def _seg_roundtrip(args: list[str], model_id: str, classifier_id: str, registry_
 def test_covid_ct_seg_zenodo_layout(phantoms, classifier_id, registry_root, covid_image, tmp_path):
     from training.segmenter_data import covid_ct_seg_cases, read_image_hu
 
-    root = tmp_path / "zenodo"
-    for i, seed in enumerate(SEEDS):
-        ph = phantoms[("covid", seed)]
-        name = f"coronacases_{i + 1:03d}.nii.gz" if i < 2 else "radiopaedia_4_85506_1.nii.gz"
-        image = ph.image
-        if name.startswith("radiopaedia"):  # stored as the dataset does: lung window scaled to 0..255
-            image = sitk.Cast(sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), lowerBound=-1250, upperBound=250)
-                              * (255.0 / 1500.0) + 1250 * 255.0 / 1500.0, sitk.sitkFloat32)
-        _write(image, root / "COVID-19-CT-Seg_20cases" / name)
-        _write(ph.truth, root / "Lung_and_Infection_Mask" / name)
+    root = write_covid_ct_seg_zenodo(tmp_path / "zenodo", phantoms, SEEDS)
     cases = covid_ct_seg_cases(root)
     radio = next(c for c in cases if c.case_id.startswith("radiopaedia"))
     hu = sitk.GetArrayFromImage(read_image_hu(radio))
@@ -235,8 +198,8 @@ def test_covid_ct_seg_kaggle_layout_and_side_check(phantoms, classifier_id, regi
             swapped[arr == 1], swapped[arr == 2] = 2, 1
             truth = sitk.GetImageFromArray(swapped)
             truth.CopyInformation(ph.truth)
-        _write(ph.image, root / "ct_scans" / f"coronacases_org_{i + 1:03d}.nii")
-        _write(truth, root / "lung_and_infection_mask" / f"coronacases_{i + 1:03d}.nii")
+        write_image(ph.image, root / "ct_scans" / f"coronacases_org_{i + 1:03d}.nii")
+        write_image(truth, root / "lung_and_infection_mask" / f"coronacases_{i + 1:03d}.nii")
         base = "../input/covid19-ct-scans"
         rows.append([f"{base}/ct_scans/coronacases_org_{i + 1:03d}.nii", "", "",
                      f"{base}/lung_and_infection_mask/coronacases_{i + 1:03d}.nii"])
@@ -253,12 +216,8 @@ def test_covid_ct_seg_kaggle_layout_and_side_check(phantoms, classifier_id, regi
 
 
 def test_covid19_20_layout_two_labels(phantoms, classifier_id, registry_root, covid_image, tmp_path):
-    root = tmp_path / "COVID-19-20" / "Train"
-    for seed in SEEDS:
-        ph = phantoms[("covid", seed)]
-        _write(ph.image, root / f"volume-covid19-A-{seed:04d}_ct.nii.gz")
-        _write(sitk.Cast(ph.truth == 3, sitk.sitkUInt8), root / f"volume-covid19-A-{seed:04d}_seg.nii.gz")
-    meta = _seg_roundtrip(["--dataset", "covid-19-20", "--data-root", str(root.parent)], "t-seg-c1920",
+    root = write_covid19_20(tmp_path / "COVID-19-20", phantoms, SEEDS)
+    meta = _seg_roundtrip(["--dataset", "covid-19-20", "--data-root", str(root)], "t-seg-c1920",
                           classifier_id, registry_root, covid_image, tmp_path)
     assert meta["labels"] == {"0": "background", "1": "Lesion"}
     assert meta["training"]["lr"] == 5e-4 and meta["training"]["momentum"] == 0.95  # paper, 2 labels
