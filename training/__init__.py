@@ -1,6 +1,9 @@
 """Training, evaluation and export of the CovidCTAnalysis networks.
 
-Run from the repository root, e.g. ``python -m training.train_classifier --help``,
+Installed (the wheel ships this package), the tools run from any folder as ``covidct train
+classifier|segmenter``, ``covidct export``, ``covidct tune-aggregation`` and ``covidct evaluate``
+(``CovidCTAnalysisLib/cli/training.py`` forwards the arguments). As modules, e.g.
+``python -m training.train_classifier --help``,
 ``python -m training.train_segmenter --help``, ``python -m training.evaluate --help``,
 ``python -m training.export --help`` and ``python -m training.demo`` (``make demo``).
 ``torchrun --nproc_per_node N -m training.train_segmenter ...`` trains with DDP.
