@@ -238,3 +238,15 @@ def test_a_huge_scan_is_refused_from_its_header(tmp_path):
     (tmp_path / "huge.raw").write_bytes(b"")  # no pixels at all: reading them would fail, not refuse
     with pytest.raises(InputError, match=r"1024×1024×1200 = 1258 million voxels, over the 160 million"):
         load_ct(hdr)
+
+
+def test_a_huge_dicom_series_is_refused_from_its_headers(tmp_path):
+    """Three slices of 8000x8000 (192 M voxels) whose pixel data is never decoded: the headers alone decide."""
+    small = make_phantom("normal", 1, size=(48, 48, 3))
+    written = write_dicom_series(small.image, tmp_path / "dcm")
+    for f in written.files:
+        ds = pydicom.dcmread(f)
+        ds.Rows = ds.Columns = 8000
+        ds.save_as(f)
+    with pytest.raises(InputError, match=r"8000×8000×3 = 192 million voxels, over the 160 million"):
+        load_ct(tmp_path / "dcm")
