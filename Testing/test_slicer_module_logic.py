@@ -180,12 +180,12 @@ def test_logic_end_to_end_with_installed_models(moduleAndScene, tiny_models_dir)
 
 
 @pytest.mark.slow
-def test_module_self_test_runs_when_models_are_installed(moduleAndScene):
-    """The Slicer self-test (CovidCTAnalysisTest) itself, on the real scene and the real core."""
+def test_module_self_test_runs_when_models_are_installed(moduleAndScene, tiny_models_dir):
+    """The Slicer self-test (CovidCTAnalysisTest) itself, on the real scene and the real core, with the
+    session's tiny demo models (conftest) installed, so that its model steps run."""
     from CovidCTAnalysisSlicer.models import listModelChoices
 
-    if not listModelChoices("classification")[0] or not listModelChoices("segmentation")[0]:
-        pytest.skip("no trained models installed (run `make demo`)")
+    assert listModelChoices("classification")[0] and listModelChoices("segmentation")[0]
     module, _scene, _tmp, _shown = moduleAndScene
     selfTest = module.CovidCTAnalysisTest("test_CovidCTAnalysisPhantom")
     selfTest.runTest()
