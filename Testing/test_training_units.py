@@ -148,9 +148,9 @@ def test_pretrained_file_is_checked_and_loaded(tmp_path):
     assert torch.equal(model.conv1.weight, imagenet.conv1.weight) and model.fc.out_features == 3
     with pytest.raises(ModelError, match="sha256"):
         build_classifier(3, tmp_path / "r50.pth", "0" * 64)
-    assert float(model.layer1[0].bn3.weight.abs().sum()) > 0.0  # ImageNet weights are kept
+    assert float(model.layer1[0].bn3.weight.detach().abs().sum()) > 0.0  # ImageNet weights are kept
     scratch = build_classifier(3, zero_init_residual=True)
-    assert all(float(b.bn3.weight.abs().sum()) == 0.0 for layer in (scratch.layer1, scratch.layer4) for b in layer)
+    assert all(float(b.bn3.weight.detach().abs().sum()) == 0.0 for layer in (scratch.layer1, scratch.layer4) for b in layer)
 
 
 def test_phantom_slice_labels_and_clear_slices_train_normal(tmp_path):
