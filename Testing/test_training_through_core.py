@@ -143,3 +143,28 @@ def test_training_scripts_print_progress_through_one_helper(capsys, monkeypatch)
     common.RunContext(rank=0).log("epoch", "x")
     evaluate._log("y", 0.0)
     assert seen == [("epoch", "x"), ("evaluate", "y")] and capsys.readouterr().out == ""
+
+
+def test_segmenter_validation_dice_is_the_core_dice():
+    import torch
+    from CovidCTAnalysisLib.models.transforms import segmenter_settings
+    from CovidCTAnalysisLib.results.statistics import dice
+
+    from training.train_segmenter import validate
+
+    class Echo(torch.nn.Module):
+        """Predicts the class written in the image (value / 10): the validation sees a known prediction."""
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x[:, 0] * 10).round().long(), 4).permute(0, 4, 1, 2, 3).float() * 5
+
+    pred, truth = _masks()
+    other_pred, other_truth = pred.copy(), truth.copy()
+    other_truth[other_truth == 3] = 1  # no lesion in this case's truth: it does not count for the lesion mean
+    cases = [{"image": (p / 10.0)[None].astype(np.float32), "label": t[None]} for p, t in
+             ((pred, truth), (other_pred, other_truth))]
+    prep = segmenter_settings({"spacing_mm": [1, 1, 1], "roi_size": [8, 8, 8]})
+    scores, _overlay = validate(Echo(), cases, prep, 4, torch.device("cpu"))
+    assert scores["1"] == pytest.approx((dice(pred == 1, truth == 1) + dice(other_pred == 1, other_truth == 1)) / 2)
+    assert scores["3"] == pytest.approx(dice(pred == 3, truth == 3))  # the case without lesion truth is skipped
+    assert scores["2"] is None  # in no case's truth: no Dice, never NaN or 1.0

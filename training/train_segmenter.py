@@ -175,14 +175,12 @@ def class_weighted_crops(train_tf, prep: dict, n_labels: int, num_samples: int, 
 
 @torch.no_grad()
 def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> tuple[dict, np.ndarray | None]:
-    """Sliding-window inference on the model grid; mean Dice per foreground class (NaN when a class is
-    absent from every case)."""
+    """Sliding-window inference on the model grid; mean Dice per foreground class by the core's
+    ``statistics.dice`` (the one evaluate and ``covidct analyze --reference`` use). A case whose truth lacks a
+    class does not count towards that class's mean; a class absent from every case has None."""
+    from CovidCTAnalysisLib.results.statistics import dice
     from monai.inferers import sliding_window_inference
-    from monai.metrics import compute_dice
-    from monai.networks.utils import one_hot
 
-    # The functional compute_dice, not DiceMetric: DiceMetric syncs its buffers across ranks when a
-    # process group exists, and only rank 0 validates.
     model.eval()
     rows = []
     overlay = None
@@ -190,15 +188,14 @@ def validate(model, val_data: list[dict], prep: dict, n_labels: int, device) -> 
         x = torch.as_tensor(d["image"])[None].to(device)
         logits = sliding_window_inference(x, roi_size_zyx(prep), int(prep["sw_batch_size"]), model,
                                           overlap=float(prep["sw_overlap"]), mode="gaussian")
-        pred = logits.argmax(dim=1, keepdim=True).cpu()
-        y = torch.as_tensor(d["label"])[None].long()
-        rows.append(compute_dice(one_hot(pred, n_labels), one_hot(y, n_labels), include_background=False,
-                                 ignore_empty=True)[0])
+        pred = logits.argmax(dim=1)[0].cpu().numpy()
+        y = np.asarray(d["label"][0])
+        rows.append([dice(pred == k, y == k) if (y == k).any() else None for k in range(1, n_labels)])
         if i == 0:
-            overlay = overlay_image(d["image"][0], pred[0, 0].numpy(), d["label"][0])
-    per_class = torch.nanmean(torch.stack(rows), dim=0).numpy().tolist()
+            overlay = overlay_image(d["image"][0], pred, d["label"][0])
+    scored = [[row[k] for row in rows if row[k] is not None] for k in range(n_labels - 1)]
     # a label absent from every validation case has no Dice: None (JSON null), never NaN
-    return {str(k + 1): (float(v) if np.isfinite(v) else None) for k, v in enumerate(per_class)}, overlay
+    return {str(k + 1): (float(np.mean(v)) if v else None) for k, v in enumerate(scored)}, overlay
 
 
 def main(argv: list[str] | None = None) -> int:
