@@ -292,3 +292,33 @@ def test_an_interactive_model_folder_saves_and_loads(tmp_path):
     with pytest.raises(ModelError, match="click_simulation"):
         save_model_folder(module, {k: v for k, v in metadata().items() if k not in ("sha256", "click_simulation")},
                           tmp_path / "m2")
+
+
+def test_click_kind_rule_lets_an_add_click_only_add_and_a_remove_click_only_remove():
+    base = chest_labels()
+    proposal = np.zeros((30, 36, 40), bool)
+    proposal[8:12, 8:12, 8:12] = True  # new lesion in the right lung; the old lesion (left lung) not proposed
+    added, removed = base.copy(), base.copy()
+    merge_lesion(added, proposal, (0, 0, 0, 40, 36, 30), only="add")
+    merge_lesion(removed, proposal, (0, 0, 0, 40, 36, 30), only="remove")
+    assert (added[base == LESION] == LESION).all() and (added[8:12, 8:12, 8:12] == LESION).all()
+    assert not (removed == LESION).any() and np.array_equal(removed[8:12, 8:12, 8:12], base[8:12, 8:12, 8:12])
+
+
+def test_refiner_rule_follows_the_click_kind():
+    img, labels = image(), chest_labels()
+    lab_img = sitk.GetImageFromArray(labels)
+    lab_img.CopyInformation(img)
+
+    class Nowhere(torch.nn.Module):  # says "no lesion" everywhere
+        def forward(self, x):
+            return torch.stack([torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
+
+    add = Click("add", img.TransformIndexToPhysicalPoint((27, 15, 13)), "a")  # on the lesion
+    kept, _ = refine(img, lab_img, [add], loaded(module=Nowhere()))
+    assert np.array_equal(sitk.GetArrayFromImage(kept), labels), "an add click never removes lesion"
+    redrawn = Refiner(img, lab_img, loaded(module=Nowhere()), rule="redraw")
+    redrawn.click(add)
+    assert not (redrawn.labels == LESION).any()
+    with pytest.raises(ValueError, match="rule"):
+        Refiner(img, lab_img, loaded(), rule="bogus")

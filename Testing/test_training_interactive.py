@@ -84,6 +84,6 @@ def test_train_export_and_robot_evaluation_end_to_end(tmp_path):
                      "--cache-dir", str(tmp_path / "cache")]) == 0
     robot = check_model_folder(tmp_path / "model").eval_metrics["robot_user"]
     assert set(robot["starts"]) == {"empty", "automatic"} and len(robot["starts"]["empty"]["dice_curve"]) == 3
-    assert (tmp_path / "model" / "robot_evaluation.png").stat().st_size > 1000
+    assert (tmp_path / "model" / "robot_user.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="overlaps the training seeds"):
         evaluate(["--model-dir", str(tmp_path / "model"), "--phantom-seeds", "1", "--no-write"])

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.interactive.clicks import ADD, REMOVE, Click
-from CovidCTAnalysisLib.interactive.merge import merge_lesion
+from CovidCTAnalysisLib.interactive.merge import RULES, merge_lesion
 from CovidCTAnalysisLib.interactive.refine import Refiner
 from CovidCTAnalysisLib.interactive.simulate import next_click
 from CovidCTAnalysisLib.loading.volume import labelmap_like
@@ -62,10 +62,10 @@ def start_labels(image: sitk.Image, truth: np.ndarray, start: str) -> np.ndarray
 
 
 def robot_session(image: sitk.Image, truth: np.ndarray, start: np.ndarray, model, device: str,
-                  max_clicks: int) -> tuple[list[float], list[float]]:
+                  max_clicks: int, rule: str = "click_kind") -> tuple[list[float], list[float]]:
     """Lesion Dice after 0..max_clicks robot clicks (after the truth is matched the curve stays), and the
     seconds per click."""
-    refiner = Refiner(image, labelmap_like(start, image), model, device)
+    refiner = Refiner(image, labelmap_like(start, image), model, device, rule=rule)
     target = truth == LESION
     spacing_zyx = image.GetSpacing()[::-1]
     dice, seconds = [_dice(refiner.labels == LESION, target)], []
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--starts", default=",".join(STARTS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--plot", default=None, help="PNG of the curves (default: <model-dir>/robot_evaluation.png)")
+    p.add_argument("--rule", default="click_kind", choices=RULES, help="merge rule (interactive.merge.RULES)")
+    p.add_argument("--key", default="robot_user", help="eval_metrics key to write (e.g. one per rule)")
+    p.add_argument("--plot", default=None, help="PNG of the curves (default: <model-dir>/<key>.png)")
     p.add_argument("--no-write", action="store_true", help="print the metrics, leave metadata.json as it is")
     args = p.parse_args(argv)
     t0 = time.monotonic()
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.truth), sitk.sitkUInt8))
         for start in starts:
             dice, secs = robot_session(image, truth, start_labels(image, truth, start), model, args.device,
-                                       args.max_clicks)
+                                       args.max_clicks, args.rule)
             curves[start].append(dice)
             seconds += secs
             print(f"[robot] {time.monotonic() - t0:7.1f}s | {case.case_id} {start}: Dice "
@@ -163,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                            f"a false region), up to {args.max_clicks} clicks; NoC counts a failure as "
                            f"{args.max_clicks}",
                "data": f"synthetic phantoms {kinds} seeds {args.phantom_seeds} (not used in training)",
-               "starts": summary, "seconds_per_click_median": round(float(np.median(seconds)), 3) if seconds else None,
+               "merge_rule": args.rule, "starts": summary, "seconds_per_click_median": round(float(np.median(seconds)), 3) if seconds else None,
                "seconds": round(time.monotonic() - t0, 1)}
     for start, s in summary.items():
         print(f"{start}: Dice after {s['dice_after_clicks']}; NoC@85 {s['noc85']}, NoC@90 {s['noc90']}; largest fall "
               f"{s['largest_fall_between_clicks']}")
-    png = Path(args.plot) if args.plot else model_dir / "robot_evaluation.png"
-    plot(summary, png, f"{model.metadata.id} v{model.metadata.version}: robot user")
+    png = Path(args.plot) if args.plot else model_dir / f"{args.key}.png"
+    plot(summary, png, f"{model.metadata.id} v{model.metadata.version}: robot user, rule {args.rule}")
     print(f"curve: {png}")
     if not args.no_write:
         existing = model.metadata.eval_metrics
         keep = {} if "status" in existing else existing  # the export's "not evaluated yet" placeholder goes
-        write_eval_metrics(model_dir, {**keep, "robot_user": metrics})
+        write_eval_metrics(model_dir, {**keep, args.key: metrics})
         print(f"recorded in {model_dir / 'metadata.json'}")
     return 0
 

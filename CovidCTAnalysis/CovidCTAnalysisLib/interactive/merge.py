@@ -4,6 +4,10 @@ Inside the ROI box, lung voxels (left, right or lesion) become lesion where the 
 model says lesion and stop being lesion where it says not; a voxel that stops being lesion
 goes back to the lung nearest to it (left or right). Everything outside the box, and every
 voxel that is not lung (body, airway, background), keeps its value voxel for voxel.
+
+Two rules (``RULES``): ``redraw`` takes the model's lesion in the box as it is; ``click_kind`` lets an add
+click only add lesion and a remove click only remove it, so the parts of the lesion that the user did not
+dispute stay (measured with the robot user; see README).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from CovidCTAnalysisLib.constants import BACKGROUND, LEFT_LUNG, LESION, RIGHT_LU
 from CovidCTAnalysisLib.interactive.clicks import LUNG_LABELS
 from CovidCTAnalysisLib.interactive.roi import Box
 
+RULES = ("redraw", "click_kind")
 
-def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box) -> int:
+
+def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box, only: str | None = None) -> int:
     """Apply the model's lesion (bool, the box's (z, y, x) shape) to ``labels`` (z, y, x) **in place**;
-    returns how many voxels changed."""
+    returns how many voxels changed. ``only="add"`` / ``"remove"`` keeps just the additions / removals."""
     x0, y0, z0, x1, y1, z1 = box
     sub = labels[z0:z1, y0:y1, x0:x1]
     if lesion_in_box.shape != sub.shape:
@@ -26,6 +32,10 @@ def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box) -> int
     lungs = np.isin(sub, LUNG_LABELS)
     add = lesion_in_box & lungs & (sub != LESION)
     remove = ~lesion_in_box & (sub == LESION)
+    if only == "add":
+        remove[...] = False
+    elif only == "remove":
+        add[...] = False
     if remove.any():
         sub[remove] = _nearest_lung(labels, box, remove)
     sub[add] = LESION
@@ -35,12 +45,13 @@ def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box) -> int
 def _nearest_lung(labels: np.ndarray, box: Box, remove: np.ndarray) -> np.ndarray:
     """Left or right lung label of the nearest lung voxel, for each voxel of ``remove`` (in the box).
 
-    Looks in the box grown by half its size first (cheap), the whole labelmap if that holds no lung;
+    Looks in the box itself first (cheap: a distance transform with indices over a few million voxels took
+    seconds), then the box grown by half its size, then the whole labelmap;
     ``BACKGROUND`` when the labelmap has no lung at all (a lesion-only segmentation).
     """
     x0, y0, z0, x1, y1, z1 = box
     shape = labels.shape
-    for grow in (0.5, None):
+    for grow in (0.0, 0.5, None):
         if grow is None:
             lo, hi = (0, 0, 0), shape
         else:

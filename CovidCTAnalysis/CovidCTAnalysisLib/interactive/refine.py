@@ -30,7 +30,7 @@ from CovidCTAnalysisLib.errors import ModelError
 from CovidCTAnalysisLib.inference.segment import predict_probabilities, probabilities_to_labels
 from CovidCTAnalysisLib.interactive.clicks import Click, check_clicks
 from CovidCTAnalysisLib.interactive.guidance import grid_index, network_input
-from CovidCTAnalysisLib.interactive.merge import merge_lesion
+from CovidCTAnalysisLib.interactive.merge import RULES, merge_lesion
 from CovidCTAnalysisLib.interactive.roi import Box, crop, roi_box
 from CovidCTAnalysisLib.loading.volume import labelmap_like
 from CovidCTAnalysisLib.models.folder import LoadedModel
@@ -56,11 +56,15 @@ class Refiner:
     """``image`` (HU) and its ``labelmap`` (1/2/3) held with an interactive model between clicks.
 
     ``earlier``: clicks of previous sessions (from ``report.json``); they guide later clicks in
-    the same ROI but are not re-applied.
+    the same ROI but are not re-applied. ``rule``: ``merge.RULES`` (``click_kind``: an add click only
+    adds lesion, a remove click only removes it; ``redraw``: the ROI takes the model's lesion).
     """
 
     def __init__(self, image: sitk.Image, labelmap: sitk.Image, model: LoadedModel,
-                 device: torch.device | str = "cpu", earlier: Sequence[Click] = ()) -> None:
+                 device: torch.device | str = "cpu", earlier: Sequence[Click] = (), rule: str = "click_kind") -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r}; expected one of {RULES}")
+        self.rule = rule
         meta = model.metadata
         if meta.task != "interactive":
             raise ModelError(f"model {meta.id} is a {meta.task} model; refining needs an interactive model")
@@ -101,7 +105,7 @@ class Refiner:
         self.clicks.append(click)
         box = roi_box(self.image, [click.lps], self.roi_mm)
         lesion, _ = self.lesion_probability(box)
-        changed = merge_lesion(self.labels, lesion, box)
+        changed = merge_lesion(self.labels, lesion, box, only=click.kind if self.rule == "click_kind" else None)
         return RefineStep(click, box, changed, time.perf_counter() - t)
 
     def labelmap(self) -> sitk.Image:
