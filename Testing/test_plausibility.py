@@ -41,6 +41,10 @@ def test_noise_estimate_matches_known_gaussian_noise():
     assert profile["noise_hu"] == pytest.approx(30.0, rel=0.1)
     assert profile["lung_hu_p50"] == pytest.approx(-850.0, abs=3.0)
     assert profile["lung_ml"] == pytest.approx(hu.size / 1000.0)
+    assert profile["noise_texture"] == pytest.approx(1.0, abs=0.05)  # white noise
+    # Noise correlated over neighbouring voxels (a smooth reconstruction kernel) has a higher texture ratio.
+    smooth = sitk.SmoothingRecursiveGaussian(image, 1.0)
+    assert guard.input_profile(smooth, lungs)["noise_texture"] > 1.3
 
 
 def test_lesion_disagreement_fires_on_gross_difference_only():

@@ -11,7 +11,7 @@ Three checks, each a sentence with what was seen, in numbers, and what to do:
   ``CONFIDENT_P``) "Pneumonia"/"COVID-19" while neither the segmenter nor the
   threshold method sees more than ``DISEASE_MIN_LESION_PCT`` of the lung as lesion.
 * **Outside the training distribution**: ``input_profile`` (lung HU
-  percentiles 5-75 and noise; the 95th percentile and lung volume are recorded only) of the scan against the ``input_profile``
+  percentiles 5-75, noise and noise texture; the 95th percentile and lung volume are recorded only) of the scan against the ``input_profile``
   range a model's ``metadata.json`` records for its training images (written
   by ``python -m training.input_profile``); a value beyond the range by more
   than its tolerance (``TOLERANCE``) is flagged. Models without a recorded
@@ -38,7 +38,7 @@ NORMAL_MAX_LESION_PCT = 5.0
 CONFIDENT_P = 0.9
 DISEASE_MIN_LESION_PCT = 0.1
 PERCENTILES = (5, 25, 50, 75, 95)
-PROFILE_KEYS = tuple(f"lung_hu_p{p}" for p in PERCENTILES) + ("noise_hu", "lung_ml")
+PROFILE_KEYS = tuple(f"lung_hu_p{p}" for p in PERCENTILES) + ("noise_hu", "noise_texture", "lung_ml")
 # The values compared, and how far beyond the training range each may lie: (absolute HU, fraction of the
 # range's own width); noise also by half its own size. Recorded, not compared: the 95th percentile (lesions
 # move it, and disease is not "unlike training") and lung volume (patients differ two-fold; the models see
@@ -46,6 +46,7 @@ PROFILE_KEYS = tuple(f"lung_hu_p{p}" for p in PERCENTILES) + ("noise_hu", "lung_
 TOLERANCE: dict[str, tuple[float, float]] = {
     **{f"lung_hu_p{p}": (40.0, 0.25) for p in PERCENTILES[:-1]},
     "noise_hu": (0.0, 0.5),
+    "noise_texture": (0.1, 0.25),
 }
 MAX_SAMPLES = 2_000_000  # lung voxels used for the percentiles
 
@@ -56,11 +57,12 @@ def _lung_mask(image: sitk.Image, lungs: sitk.Image) -> np.ndarray:
 
 
 def input_profile(image: sitk.Image, lungs: sitk.Image) -> dict[str, float]:
-    """What a model sees of this scan: lung HU percentiles, noise (HU) and lung volume (mL).
+    """What a model sees of this scan: lung HU percentiles, noise (HU), noise texture and lung volume (mL).
 
     ``lungs``: any label image whose non-zero voxels are lung (the threshold lungs). Noise is
     estimated from differences of in-plane neighbours inside the lung (robust MAD, divided by
-    sqrt 2), so vessels and lesions hardly move it.
+    sqrt 2), so vessels and lesions hardly move it; texture is the spread of differences two
+    voxels apart over that of neighbours.
     """
     hu = sitk.GetArrayViewFromImage(image)
     lung = _lung_mask(image, lungs)
@@ -69,11 +71,16 @@ def input_profile(image: sitk.Image, lungs: sitk.Image) -> dict[str, float]:
         raise ValueError("input_profile: the lung mask is empty")
     step = max(1, values.size // MAX_SAMPLES)
     pct = np.percentile(values[::step].astype(np.float32), PERCENTILES)
-    both = lung[:, :, 1:] & lung[:, :, :-1]
-    diff = (hu[:, :, 1:].astype(np.float32) - hu[:, :, :-1])[both][::step]
-    mad = float(np.median(np.abs(diff - np.median(diff)))) if diff.size else 0.0
+    spread = []
+    for lag in (1, 2):
+        both = lung[:, :, lag:] & lung[:, :, :-lag]
+        diff = (hu[:, :, lag:].astype(np.float32) - hu[:, :, :-lag])[both][::step]
+        spread.append(1.4826 * float(np.median(np.abs(diff - np.median(diff)))) if diff.size else 0.0)
     out = {f"lung_hu_p{p}": round(float(v), 1) for p, v in zip(PERCENTILES, pct, strict=True)}
-    out["noise_hu"] = round(float(1.4826 * mad / np.sqrt(2.0)), 1)
+    out["noise_hu"] = round(float(spread[0] / np.sqrt(2.0)), 1)
+    # Texture: 1.0 for white noise, more when the kernel correlates neighbouring voxels (real CT ~1.35-1.5,
+    # the phantoms ~1.1; benchmarks/eval_phantom_realism.py).
+    out["noise_texture"] = round(float(spread[1] / max(spread[0], 1e-6)), 3)
     out["lung_ml"] = round(float(lung.sum()) * float(np.prod(image.GetSpacing())) / 1000.0, 1)
     return out
 
