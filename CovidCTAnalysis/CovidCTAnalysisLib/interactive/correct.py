@@ -124,7 +124,8 @@ def correct_result(result_dir: str | Path, clicks: list[Click], output_dir: str 
         "model": provenance,
         "clicks": [c.as_report() for c in earlier] + [s.as_report() for s in steps],
         "changed_voxels": int(sum(s.changed_voxels for s in steps)),
-        "rule": "only the lesion label changed, only inside each click's ROI and within the lungs",
+        "rule": ("only the lesion label changed, only inside each click's ROI and within the lungs; merge rule "
+                 f"{refiner.rule}"),
     }
     if meta.demo:
         rep["warning"] = f"{report_mod.DEMO_TAG}: results are for demonstration only."
