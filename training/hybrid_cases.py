@@ -15,7 +15,8 @@ normal CT with synthesised lesions only; this module makes such cases from the r
   consolidation cut by a random plane (a fissure) with air bronchograms.
 * **Blending**: the lesion is painted onto a low-pass copy of the CT, and the high-pass rest
   (noise, small vessels, fissures) is added back, so the real noise and the vessels stay
-  visible through the lesion as in real ground glass. Lesion truth is exact (label 3).
+  visible through ground glass; inside consolidation only its noise-sized part (the vessels
+  are isodense there). Lesion truth is exact (label 3).
 * **Seeded variation**: number, size, shape, density and position of the lesions, then a
   small in-plane rotation, added noise, a blur or a sharpening kernel, and now and then thicker
   slices (pairs of slices averaged). One seed, one case; the same seed gives the same case.
@@ -188,8 +189,15 @@ def paint_lesions(image: sitk.Image, lungs: sitk.Image, kind: str, seed: int) ->
     canvas = _canvas(image, labels, low)
     field = SmoothField(rng, step_mm=6.0, smooth_vox=1.0, lo=(-300.0, -300.0, -400.0), hi=(300.0, 300.0, 400.0))
     count = (_covid if kind == "covid" else _pneumonia)(canvas, rng, field)
+    high = hu - low
+    if kind == "pneumonia":
+        # Consolidation hides the vessels (they are isodense with it) but not the noise: inside it only the
+        # noise-sized part of the fine detail (within 2.5 robust SD of the lung's) shows through.
+        lung = labels > 0
+        sd = 1.4826 * float(np.median(np.abs(high[lung] - np.median(high[lung])))) if lung.any() else 0.0
+        high = np.where(canvas.label == LESION, np.clip(high, -2.5 * sd, 2.5 * sd), high)
     # Where nothing was painted the CT stays bit for bit; elsewhere its fine detail rides on the lesion.
-    return np.where(canvas.hu != low, canvas.hu + (hu - low), hu), canvas.label, count
+    return np.where(canvas.hu != low, canvas.hu + high, hu), canvas.label, count
 
 
 def augment(hu: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
