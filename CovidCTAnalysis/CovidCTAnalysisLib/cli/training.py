@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from CovidCTAnalysisLib.errors import CovidCTError
 
-TRAINERS = {"classifier": "train_classifier", "segmenter": "train_segmenter"}
+TRAINERS = {"classifier": "train_classifier", "segmenter": "train_segmenter", "interactive": "train_interactive"}
 
 
 class TrainingToolsMissing(CovidCTError):
