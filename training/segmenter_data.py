@@ -128,15 +128,12 @@ def phantom_seg_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spaci
 
 def read_image_hu(case: SegCase, radiopaedia_hu: bool = True) -> sitk.Image:
     """The CT in HU, loaded by the core's ``load_ct`` as ``covidct analyze`` loads it (the same checks and
-    refusals). Radiopaedia cases stored as 0..255 are then mapped back to HU (float32)."""
-    img = load_ct(case.image).image
-    if radiopaedia_hu and case.case_id.lower().startswith("radiopaedia"):
-        arr = sitk.GetArrayViewFromImage(img)
-        if arr.min() >= 0 and arr.max() <= 255:
-            lo, hi = RADIOPAEDIA_WINDOW
-            img = sitk.Cast(img, sitk.sitkFloat32) * ((hi - lo) / 255.0) + lo
-            case.notes.append(f"{case.case_id}: 0..255 intensities mapped back to HU window {RADIOPAEDIA_WINDOW}")
-    return img
+    refusals). Radiopaedia cases stored as 0..255 are mapped back to HU by ``load_ct`` from the window their
+    dataset documents (``RADIOPAEDIA_WINDOW``); any other 8-bit file is refused as inference would refuse it."""
+    radiopaedia = radiopaedia_hu and case.case_id.lower().startswith("radiopaedia")
+    volume = load_ct(case.image, eight_bit_window=RADIOPAEDIA_WINDOW if radiopaedia else None)
+    case.notes.extend(f"{case.case_id}: {note}" for note in volume.notes if "8-bit export" in note)
+    return volume.image
 
 
 def check_sides(label: sitk.Image, case_id: str = "") -> str | None:

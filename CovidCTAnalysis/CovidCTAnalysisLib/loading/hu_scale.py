@@ -74,15 +74,23 @@ def _shifted(image: sitk.Image) -> sitk.Image:
     return result
 
 
-def to_hounsfield(image: sitk.Image, where: str = "image") -> tuple[sitk.Image, str | None]:
+def to_hounsfield(image: sitk.Image, where: str = "image",
+                  eight_bit_window: tuple[float, float] | None = None) -> tuple[sitk.Image, str | None]:
     """``(image in HU, note or None)``; raises :class:`InputError` when the values are not HU and cannot be
-    made so without guessing. The note, when given, says what was corrected and on what evidence."""
+    made so without guessing. The note, when given, says what was corrected and on what evidence.
+    ``eight_bit_window``: the caller knows the 0-255 values are this HU window (a dataset's documented export);
+    such values are mapped back linearly instead of refused."""
     values = _sample(image)
     if _fraction_in(values, AIR_LUNG_BAND_HU) >= MIN_AIR_FRACTION:
         return image, None
     lo, hi = float(values.min()), float(values.max())
     air_pct = 100 * _fraction_in(values, AIR_LUNG_BAND_HU)
     band = f"{AIR_LUNG_BAND_HU[0]:g}…{AIR_LUNG_BAND_HU[1]:g} HU"
+    if eight_bit_window is not None and lo >= 0 and hi <= 255:
+        w_lo, w_hi = eight_bit_window
+        hu = sitk.Cast(image, sitk.sitkFloat32) * ((w_hi - w_lo) / 255.0) + w_lo
+        return hu, (f"stored values {lo:g}…{hi:g} are an 8-bit export of the HU window {w_lo:g}…{w_hi:g} (given by the "
+                    "caller); mapped back to HU linearly (values outside that window were clipped by the export)")
     if lo >= 0 and 1.0 < hi <= 255:
         raise InputError(
             f"{where} holds values {lo:g}…{hi:g} and no air ({air_pct:.1f} % of voxels in {band}): an 8-bit windowed "

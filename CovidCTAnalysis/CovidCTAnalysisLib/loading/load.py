@@ -180,11 +180,15 @@ def _as_analysis_type(image: sitk.Image) -> sitk.Image:
     return image
 
 
-def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
+def load_ct(path: str | Path, series_uid: str | None = None, *,
+            eight_bit_window: tuple[float, float] | None = None) -> CTVolume:
     """Load and check a CT volume.
 
     ``path`` is a ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file or a
     DICOM series folder; ``series_uid`` picks one series in a folder holding several.
+    ``eight_bit_window`` (training only): the caller KNOWS the file is a 0-255 export of this HU window (as
+    the dataset's authors document for the Radiopaedia cases of COVID-19-CT-Seg), so it is mapped back to HU
+    instead of being refused as an 8-bit export of unknown window.
     Raises :class:`InputError` for 2-D images, non-CT DICOM, empty/truncated files,
     constant volumes, NaN, absurd spacing and volumes too small to hold lungs.
 
@@ -202,7 +206,7 @@ def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
             volume = CTVolume(image=image, path=volume.path, source_format=volume.source_format,
                               dicom=volume.dicom, notes=volume.notes)
         check_ct_image(volume.image, where=f"DICOM series in {path}")
-        return _in_hounsfield(volume, f"DICOM series in {path}")
+        return _in_hounsfield(volume, f"DICOM series in {path}", eight_bit_window)
     if series_uid is not None:
         raise InputError(f"--series-uid {series_uid} was given but {path} is a file, not a DICOM folder; "
                          "expected a folder of DICOM files (or drop --series-uid)")
@@ -216,13 +220,13 @@ def load_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
     check_ct_image(image, where=str(path))
     notes = (qform_sform_note(path, image),) if fmt == "nifti" else ()
     volume = CTVolume(image=image, path=path.resolve(), source_format=fmt or "unknown", notes=tuple(n for n in notes if n))
-    return _in_hounsfield(volume, str(path))
+    return _in_hounsfield(volume, str(path), eight_bit_window)
 
 
-def _in_hounsfield(volume: CTVolume, where: str) -> CTVolume:
-    """``volume`` in HU (``hu_scale``: a lost -1024 intercept corrected, other non-HU scales refused), with
-    notes on what was corrected and on thick slices (``coverage``)."""
-    image, hu_note = to_hounsfield(volume.image, where)
+def _in_hounsfield(volume: CTVolume, where: str, eight_bit_window: tuple[float, float] | None = None) -> CTVolume:
+    """``volume`` in HU (``hu_scale``: a lost -1024 intercept corrected, a documented 8-bit window mapped back,
+    other non-HU scales refused), with notes on what was corrected and on thick slices (``coverage``)."""
+    image, hu_note = to_hounsfield(volume.image, where, eight_bit_window)
     notes = tuple(n for n in (hu_note, thick_slice_note(image)) if n)
     if not notes:
         return volume
