@@ -51,7 +51,10 @@ GAS_MEDIAN_HU = -950.0
 
 
 def _hull_mask(points_yx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Filled convex hull of 2-D points on a (y, x) grid (empty if the points are degenerate)."""
+    """Filled convex hull of 2-D points on a (y, x) grid (empty if the points are degenerate).
+
+    Row by row: each hull facet a*y + b*x + c <= 0 bounds x from one side.
+    """
     out = np.zeros(shape, dtype=bool)
     if len(points_yx) < 3:
         return out
@@ -59,12 +62,25 @@ def _hull_mask(points_yx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         hull = ConvexHull(points_yx)
     except QhullError:
         return out
-    (y0, x0), (y1, x1) = points_yx.min(axis=0).astype(int), points_yx.max(axis=0).astype(int) + 1
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    pts = np.stack([yy.ravel(), xx.ravel()], axis=1).astype(float)
-    inside = np.all(pts @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-6, axis=1)
-    out[y0:y1, x0:x1] = inside.reshape(yy.shape)
+    a, b, c = hull.equations.T
+    y0, y1 = int(np.ceil(points_yx[:, 0].min())), int(np.floor(points_yx[:, 0].max())) + 1
+    y = np.arange(y0, y1, dtype=float)[:, None]
+    rhs = -(a * y + c) + 1e-6  # b * x <= rhs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / b
+    lo = np.where(b < 0, bound, -np.inf).max(axis=1)
+    hi = np.where(b > 0, bound, np.inf).min(axis=1)
+    x = np.arange(shape[1], dtype=float)[None, :]
+    out[y0:y1] = (x >= lo[:, None]) & (x <= hi[:, None])
     return out
+
+
+def _row_ends(mask: np.ndarray) -> np.ndarray:
+    """(y, x) of the first and last set pixel of every row of a 2-D mask: they span its convex hull."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    first = np.argmax(mask[rows], axis=1)
+    last = mask.shape[1] - 1 - np.argmax(mask[rows, ::-1], axis=1)
+    return np.concatenate([np.column_stack([rows, first]), np.column_stack([rows, last])]).astype(float)
 
 
 def rib_cavity(hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -74,12 +90,14 @@ def rib_cavity(hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: tupl
     bone = body & (hu > BONE_MIN_HU) & near
     cavity = np.zeros(hu.shape, dtype=bool)
     for z in np.nonzero(lung.any(axis=(1, 2)))[0]:
-        points = np.argwhere(bone[z] | lung[z]).astype(float)
-        cavity[z] = _hull_mask(points, hu.shape[1:])
-    # In from the hull (in-plane only) and away from the bone itself.
-    wall = ndi.distance_transform_edt(cavity, sampling=(1e6, sy, sx)) > CHEST_WALL_MM
-    off_bone = ndi.distance_transform_edt(~bone, sampling=(sz, sy, sx)) > BONE_MARGIN_MM
-    return cavity & wall & off_bone
+        cavity[z] = _hull_mask(_row_ends(bone[z] | lung[z]), hu.shape[1:])
+    # In from the hull (in-plane only) and away from the bone itself (binary morphology: cheaper than
+    # distance maps on a whole chest, and the margins are only a few voxels).
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    wall = ndi.binary_erosion(cavity, in_plane, iterations=max(1, int(round(CHEST_WALL_MM / sx))))
+    off_bone = ~ndi.binary_dilation(bone, iterations=max(1, int(round(BONE_MARGIN_MM / sx))))
+    return wall & off_bone
 
 
 def below_diaphragm(tissue: np.ndarray, lung: np.ndarray, body: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
@@ -159,11 +177,9 @@ def add_dense_lung(
     cavity = rib_cavity(hu, body, lung, spacing)
     dense &= cavity
     dense &= ~below_diaphragm(tissue, lung, body, (sy, sx)) & ~mediastinum_rows(labels, spacing)
-    radius = [max(1, int(round(MIN_THICKNESS_MM / s))) for s in (sz, sy, sx)]
-    ball = np.zeros([2 * r + 1 for r in radius], dtype=bool)
-    zz, yy, xx = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1, -radius[2] : radius[2] + 1]
-    ball[(zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0] = True
-    dense = ndi.binary_opening(dense, ball)
+    # Opening by a diamond of MIN_THICKNESS_MM (repeated 6-neighbour steps: cheap on a whole chest).
+    steps = max(1, int(round(MIN_THICKNESS_MM / sx)))
+    dense = ndi.binary_opening(dense, ndi.generate_binary_structure(3, 1), iterations=steps)
     distance, (iz, iy, ix) = ndi.distance_transform_edt(~lung, sampling=(sz, sy, sx), return_indices=True)
     dense &= distance <= MAX_REACH_MM
     # Consolidation fills the lung out to the ribs, whereas the dome of the liver or the heart seen from
