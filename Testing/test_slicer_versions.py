@@ -211,3 +211,35 @@ def test_training_requirements_are_pyprojects_train_extra():
     for name, requirement in wanted.items():
         lowerBound = next(s.version for s in requirement.specifier if s.operator == ">=")
         assert f">={lowerBound}" in str(pins[name].specifier), (name, str(pins[name]), str(requirement))
+
+
+def _python39() -> str | None:
+    """A Python 3.9 (Slicer 5.8's), if this machine has one (pyenv keeps 3.9.18 here)."""
+    import shutil
+
+    for candidate in (shutil.which("python3.9"), os.path.expanduser("~/.pyenv/versions/3.9.18/bin/python3.9")):
+        if candidate and Path(candidate).exists():
+            probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                   text=True, env={**os.environ, "PYENV_VERSION": "3.9.18"})
+            if probe.returncode == 0 and "(3, 9)" in probe.stdout:
+                return candidate
+    return None
+
+
+def test_on_slicer_58s_python_the_module_compiles_and_refuses_politely(tmp_path):
+    """Slicer 5.8 runs Python 3.9: the module file and its glue must at least compile there, and the version
+    check must run and say what to install (a SyntaxError would give the user a traceback instead)."""
+    python = _python39()
+    if python is None:
+        pytest.skip("no Python 3.9 on this machine (Slicer 5.8's Python); the refusal is checked on 3.11 above")
+    module = Path(__file__).resolve().parents[1] / "CovidCTAnalysis"
+    env = {**os.environ, "PYENV_VERSION": "3.9.18", "PYTHONPYCACHEPREFIX": str(tmp_path)}
+    files = [str(module / "CovidCTAnalysis.py"), *map(str, sorted((module / "CovidCTAnalysisSlicer").glob("*.py")))]
+    compiled = subprocess.run([python, "-m", "py_compile", *files], capture_output=True, text=True, env=env)
+    assert compiled.returncode == 0, compiled.stderr
+    code = ("from CovidCTAnalysisSlicer import slicer_versions as s\n"
+            "class App: majorVersion = 5; minorVersion = 8; applicationVersion = '5.8.1'\n"
+            "print(s.runningSlicerProblem(App()))\n")
+    run = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=module)
+    assert run.returncode == 0, run.stderr
+    assert "5.10 or later" in run.stdout and "Slicer 5.8" in run.stdout
