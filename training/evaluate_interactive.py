@@ -34,6 +34,7 @@ from CovidCTAnalysisLib.loading.volume import labelmap_like
 from CovidCTAnalysisLib.models.folder import load_model_folder
 
 from training.evaluate import write_eval_metrics
+from training.interactive_sessions import session_dice
 from training.phantom_cache import parse_seeds, phantom_set
 
 REPORT_AT = (0, 1, 3, 5, 10)
@@ -41,11 +42,6 @@ STARTS = ("empty", "automatic")
 START_NOTES = {"empty": "true lungs, no lesion drawn",
                "automatic": "true lungs with the threshold method's lesions (threshold.lesions.find_lesions); "
                             "stands in for the automatic segmenter's output"}
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum() + b.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.count_nonzero(a & b)) / s
 
 
 def start_labels(image: sitk.Image, truth: np.ndarray, start: str) -> np.ndarray:
@@ -68,7 +64,7 @@ def robot_session(image: sitk.Image, truth: np.ndarray, start: np.ndarray, model
     refiner = Refiner(image, labelmap_like(start, image), model, device, rule=rule)
     target = truth == LESION
     spacing_zyx = image.GetSpacing()[::-1]
-    dice, seconds = [_dice(refiner.labels == LESION, target)], []
+    dice, seconds = [session_dice(refiner.labels == LESION, target)], []
     for k in range(max_clicks):
         click = next_click(refiner.labels == LESION, target, spacing_zyx)
         if click is None:
@@ -78,7 +74,7 @@ def robot_session(image: sitk.Image, truth: np.ndarray, start: np.ndarray, model
         lps = image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
         step = refiner.click(Click(ADD if positive else REMOVE, lps, f"robot #{k + 1}"))
         seconds.append(step.seconds)
-        dice.append(_dice(refiner.labels == LESION, target))
+        dice.append(session_dice(refiner.labels == LESION, target))
     return dice, seconds
 
 

@@ -24,6 +24,7 @@ import torch
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.interactive.guidance import network_input
 from CovidCTAnalysisLib.interactive.simulate import largest_region_centre, next_click
+from CovidCTAnalysisLib.results.statistics import dice
 from scipy import ndimage
 
 
@@ -91,6 +92,14 @@ def degrade(truth: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> n
             ball = sum((gi - ci) ** 2 for gi, ci in zip(g, (zz[k], yy[k], xx[k]), strict=True)) <= r * r
             out |= ball & lungs
     return out
+
+
+def session_dice(drawn: np.ndarray, truth: np.ndarray) -> float:
+    """Lesion Dice of one interactive session (the core's ``statistics.dice``), with one difference on purpose:
+    a patch or case without lesion that stays empty scores 1.0, not None, because drawing nothing there is the
+    right answer and click curves need a number at every step."""
+    value = dice(drawn, truth)
+    return 1.0 if value is None else value
 
 
 def sample_patch(image: np.ndarray, label: np.ndarray, roi_zyx, sim: ClickSimulation,

@@ -99,11 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum() + b.sum())
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
-
-
 @torch.no_grad()
 def validate(model, samples: list[sessions.Sample], prep: dict, device, forward, rounds: int = 3) -> list[float]:
     """Mean lesion Dice of the network's drawing after 1..``rounds`` simulated clicks on fixed patches."""
@@ -114,7 +109,7 @@ def validate(model, samples: list[sessions.Sample], prep: dict, device, forward,
     out = []
     for _ in range(rounds):
         pred = forward(model, sessions.batch_input(work, prep).to(device)).argmax(dim=1).cpu().numpy().astype(bool)
-        out.append(float(np.mean([_dice(p & s.lungs, s.truth) for s, p in zip(work, pred, strict=True)])))
+        out.append(float(np.mean([sessions.session_dice(p & s.lungs, s.truth) for s, p in zip(work, pred, strict=True)])))
         for s, p in zip(work, pred, strict=True):
             s.current = p & s.lungs
             sessions.add_click(s)
