@@ -67,9 +67,14 @@ def stop_handlers() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            if handler is not None:
-                signal.signal(s, handler)
+        _restore(previous)
+
+
+def _restore(previous: dict) -> None:
+    """Put back the handlers that were in place before (None: set from C, which Python cannot restore)."""
+    for s, handler in previous.items():
+        if handler is not None:
+            signal.signal(s, handler)
 
 
 def _act_on(signum: int, handler) -> None:
@@ -99,9 +104,7 @@ def deferred_stops() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            if handler is not None:
-                signal.signal(s, handler)
+        _restore(previous)
         if pending:
             _act_on(pending[0], previous[pending[0]])
 
