@@ -4,16 +4,20 @@
 
 1. Unless both demo models are installed already (in the registry ``covidct`` reads by default:
    ``$COVIDCT_MODELS_DIR``, else ``~/.cache/covidct/models``; or ``--models-dir``), train
-   the classifier and the 4-label segmenter on phantoms (seeds 0-11 and 0-23), export them as model
-   folders, choose the classifier's slice aggregation on its validation patients (training seeds,
+   the classifier and the 4-label segmenter on phantoms (seeds 0-11 and 0-23) plus, when the real CTs are there
+   (``--real-data``, default ``$COVIDCT_SHARED_DATA``, else ``<repo>/../shared/data``), hybrids (real lesion-free
+   backgrounds with synthetic lesions) and weak labels (the radiologists' slice labels); export them as model
+   folders with their training mix and input profile (``training.input_profile``) in the metadata, choose the classifier's slice aggregation on its validation patients (training seeds,
    ``training.tune_aggregation``), evaluate them on phantoms whose seeds were never used in training (100-104) with
    ``training.evaluate`` (the metrics go into their metadata) and install them.
 2. Make a fresh phantom (seed 2026) and run ``covidct analyze`` on it; print the summary.
 
 Work files go to ``$COVIDCT_DEMO_DIR`` (default ``<repo>/.demo``). Every step prints a
 progress line with the elapsed time; the step timings are written to
-``<demo dir>/timings.json`` (and appended to ``timings-history.jsonl``). The models say "DEMO, trained on synthetic phantoms" in their
-metadata (``demo: true``), so every result made with them says so.
+``<demo dir>/timings.json`` (and appended to ``timings-history.jsonl``). The models are DEMO (``demo: true``) and say what they saw in
+``trained_on`` (phantoms only, or phantoms and N real patients' backgrounds; never a real lesion outline), so every
+result made with them says so. ``training_args`` and ``train_and_export`` are the recipe; the leave-one-patient-out
+benchmark (``benchmarks/eval_real_lopo.py``) calls them too.
 Research use, not for diagnosis.
 """
 
@@ -25,7 +29,10 @@ import os
 import time
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from training.common import REPO_ROOT, write_json
+from training.real_cases import covid_ct_md_sample, parse_patients
 
 CLASSIFIER_ID = "covidct-classifier-demo"
 SEGMENTER_ID = "covidct-segmenter-demo"
@@ -34,6 +41,8 @@ QUICK_VERSION = "0.0.1-quick"  # --quick models never pass for the real demo mod
 # Phantom seeds the demo models train on (the segmenter draws one patch per case and epoch, so more
 # cases cost nothing per epoch-equivalent and widen what it sees); EVAL_SEEDS are never trained on.
 TRAIN_SEEDS = {"classifier": "0-11", "segmenter": "0-23"}
+PHANTOM_KINDS = "normal,pneumonia,covid"
+REAL_INDEX = "covid-ct-md/labels.json"  # under the shared-data root: the real, slice-labelled CTs
 EVAL_SEEDS = "100-104"
 ANALYSIS_SEED = 2026
 
@@ -92,26 +101,135 @@ def installed(registry, model_id: str, version: str = DEMO_VERSION):
     return None
 
 
-def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
-                      extra: list[str], cache: Path, version: str = DEMO_VERSION,
-                      phantom_args: tuple[str, ...] = ()) -> None:
-    """Train, export, evaluate on unseen seeds, install one demo model.
+def default_real_data() -> Path | None:
+    """The real CTs the demo trains on by default: ``$COVIDCT_SHARED_DATA``, else ``<repo>/../shared/data`` when it
+    holds the COVID-CT-MD sample (``covid-ct-md/labels.json``), else None (phantoms only)."""
+    env = os.environ.get("COVIDCT_SHARED_DATA")
+    if env:
+        return Path(env)
+    here = REPO_ROOT.parent / "shared" / "data"
+    return here if (here / REAL_INDEX).is_file() else None
 
-    ``phantom_args`` (e.g. ``--phantom-spacing 9``) go to every step that makes phantoms: training, tuning and
-    evaluation (the tests' tiny demo models use coarse phantoms, Testing/tiny_models.py)."""
+
+def check_real_data(real_data: Path | None) -> Path | None:
+    """``real_data`` if it holds the COVID-CT-MD sample, None for None; a clear error otherwise."""
+    if real_data is None:
+        return None
+    if not (Path(real_data) / REAL_INDEX).is_file():
+        raise SystemExit(f"--real-data {real_data}: expected the shared-data root holding {REAL_INDEX} "
+                         "(or --no-real-data to train on phantoms only)")
+    return Path(real_data).resolve()
+
+
+def real_patients(real_data: Path | None, real_exclude=()) -> list[str]:
+    """The real patients a model trained with (real_data, real_exclude) sees."""
+    if real_data is None:
+        return []
+    return [c.patient for c in covid_ct_md_sample(real_data, frozenset(real_exclude))]
+
+
+def training_args(kind: str, real_data: Path | None = None, real_exclude=(), quick: bool = False,
+                  train_seeds: str | None = None) -> list[str]:
+    """The demo recipe's training arguments for ``kind`` (all but ``--output-dir`` and ``--cache-dir``).
+
+    With ``real_data`` the model trains on ``phantoms,hybrids,weak`` (hybrids: the real lesion-free backgrounds with
+    synthetic lesions; weak: the radiologists' slice labels), minus the patients in ``real_exclude``; without it, on
+    phantoms only. ``make demo`` and the leave-one-patient-out benchmark both call this, so their models match."""
+    if kind not in ("classifier", "segmenter"):
+        raise ValueError(f"kind {kind!r}: expected 'classifier' or 'segmenter'")
+    seeds = train_seeds or (QUICK["train_seeds"] if quick else TRAIN_SEEDS[kind])
+    exclude = sorted(parse_patients(",".join(real_exclude)))
+    if real_data is None:
+        if exclude:
+            raise ValueError(f"real_exclude {exclude} without real_data: there are no real patients to leave out")
+        data = ["--dataset", "phantoms"]
+    else:
+        data = ["--dataset", "phantoms,hybrids,weak", "--real-data", str(real_data)]
+        if exclude:
+            data += ["--real-exclude", ",".join(exclude)]
+        if quick and kind == "segmenter":
+            data += ["--hybrid-seeds", "0"]
+    recipe = CLASSIFIER_ARGS if kind == "classifier" else SEGMENTER_ARGS
+    return [*data, "--phantom-seeds", seeds, "--phantom-kinds", PHANTOM_KINDS, *recipe,
+            *(QUICK[kind] if quick else []), "--seed", "0"]
+
+
+def mix_of(run_args: list[str], real_data: Path | None, real_exclude=()) -> dict:
+    """What a model trained with ``run_args`` saw, for its metadata (``training_data.mix``) and its lines."""
+    value = dict(zip(run_args, run_args[1:], strict=False))
+    patients = real_patients(real_data, real_exclude)
+    return {"parts": value["--dataset"].split(","), "phantom_seeds": value["--phantom-seeds"],
+            "phantom_kinds": PHANTOM_KINDS, "real_data": str(real_data) if real_data else None,
+            "real_patients": patients, "real_excluded": sorted(real_exclude),
+            "real_lesion_outlines": 0}
+
+
+def describe_mix(mix: dict) -> tuple[str, str]:
+    """(trained_on line, description) of a DEMO model with this training mix."""
+    phantoms = f"DEMO: synthetic chest phantoms (seeds {mix['phantom_seeds']}; {mix['phantom_kinds']})"
+    if not mix["real_patients"]:
+        return (f"{phantoms}; phantoms only (no real CT given: --real-data); not real patients",
+                "DEMO model, trained on synthetic phantoms only: it shows the pipeline working and must not be used "
+                "on patients.")
+    n, who = len(mix["real_patients"]), ", ".join(mix["real_patients"])
+    real = (f"{n} real patients' lesion-free CT backgrounds with synthetic lesions and the radiologists' slice labels "
+            f"({who}); no real lesion outline")
+    return (f"{phantoms} and {real}",
+            f"DEMO model, trained on phantoms and on {real}: it shows the pipeline working and must not be used on "
+            "patients.")
+
+
+_PROFILES: dict[str, dict] = {}  # image path -> its input profile (the segmenter's phantoms include the classifier's)
+
+
+def record_training_mix(model_dir: Path, mix: dict, phantoms: list[Path], real: list[Path], log=print) -> None:
+    """Write the mix (``training_data.mix``, ``trained_on``, description) and the input profile of the training
+    images (what the plausibility guard compares a scan with) into ``model_dir/metadata.json``."""
+    from CovidCTAnalysisLib.models.metadata import METADATA_FILE
+    from CovidCTAnalysisLib.results.plausibility import input_profile, profile_range
+    from CovidCTAnalysisLib.threshold.lungs import segment_lungs
+
+    from training.input_profile import record_profile
+
+    images = [*phantoms, *real]
+    for path in images:
+        if str(path) not in _PROFILES:
+            image = sitk.ReadImage(str(path))
+            _PROFILES[str(path)] = input_profile(image, segment_lungs(image))
+    source = (f"{len(phantoms)} training phantoms" +
+              (f" and {len(real)} real CTs: " + ", ".join(Path(p).name for p in real) if real else ""))
+    record_profile(model_dir, profile_range([_PROFILES[str(p)] for p in images]), source)
+    path = Path(model_dir) / METADATA_FILE
+    raw = json.loads(path.read_text())
+    raw["trained_on"], description = describe_mix(mix)
+    raw["description"] = description + " " + raw["name"].removeprefix("DEMO ") + "."
+    raw["training_data"]["mix"] = mix
+    write_json(path, raw)
+    log(f"    {Path(model_dir).name}: {raw['trained_on']}; input profile of {len(images)} training images")
+
+
+def train_and_export(kind: str, model_dir: Path, steps: Steps, work: Path, cache: Path, run_args: list[str],
+                     eval_seeds: str, version: str = DEMO_VERSION, phantom_args: tuple[str, ...] = (),
+                     real_data: Path | None = None, real_exclude=()):
+    """Train ``kind`` with ``run_args`` (from ``training_args``), export it to ``model_dir`` (DEMO), tune the
+    classifier's aggregation, evaluate on unseen phantom seeds, record its training mix and input profile.
+    Installs nothing; returns the metadata. ``phantom_args`` (e.g. ``--phantom-spacing 9``) go to every step that
+    makes phantoms (the tests' tiny demo models use coarse phantoms, Testing/tiny_models.py)."""
+    from CovidCTAnalysisLib.models.folder import check_model_folder
+
     from training import evaluate, export
     from training import train_classifier as tc
     from training import train_segmenter as ts
+    from training.phantom_cache import parse_seeds, phantom_set
 
-    run_dir, model_dir = work / f"{kind}-run", work / f"{kind}-model"
-    phantoms = ["--phantom-kinds", "normal,pneumonia,covid", "--cache-dir", str(cache), *phantom_args]
-    common = ["--dataset", "phantoms", "--phantom-seeds", train_seeds, *phantoms, "--output-dir", str(run_dir),
-              "--seed", "0"]
-    steps.start(f"train_{kind}", f"training the demo {kind} on phantoms (seeds {train_seeds})")
-    if kind == "classifier":
-        tc.main(common + CLASSIFIER_ARGS + extra)
-    else:
-        ts.main(common + SEGMENTER_ARGS + extra)
+    run_dir = work / f"{kind}-run"
+    mix = mix_of(run_args, real_data, real_exclude)
+    phantoms = ["--phantom-kinds", PHANTOM_KINDS, "--cache-dir", str(cache), *phantom_args]
+    real_line = f" and {len(mix['real_patients'])} real patients {mix['real_patients']}" if mix["real_patients"] \
+        else " only (no real data: phantoms only)"
+    steps.start(f"train_{kind}", f"training the demo {kind} on phantoms (seeds {mix['phantom_seeds']}){real_line}")
+    (tc if kind == "classifier" else ts).main([*run_args, *phantom_args, "--cache-dir", str(cache),
+                                               "--output-dir", str(run_dir)])
     steps.start(f"export_{kind}", f"exporting the {kind} model folder")
     model_id = CLASSIFIER_ID if kind == "classifier" else SEGMENTER_ID
     export.export(run_dir, model_dir, model_id, version, demo=True, force=True)
@@ -119,10 +237,28 @@ def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds
         from training import tune_aggregation
 
         steps.start("tune_classifier", "choosing the slice aggregation on the validation patients (training seeds)")
-        tune_aggregation.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", train_seeds,
-                               *phantoms])
+        tune_aggregation.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds",
+                               mix["phantom_seeds"], *phantoms])
     steps.start(f"evaluate_{kind}", f"evaluating the {kind} on unseen phantom seeds {eval_seeds}")
     evaluate.main(["--model-dir", str(model_dir), "--dataset", "phantoms", "--phantom-seeds", eval_seeds, *phantoms])
+    steps.start(f"profile_{kind}", f"recording the training mix and input profile of the {kind}")
+    spacing = float(phantom_args[phantom_args.index("--phantom-spacing") + 1]) \
+        if "--phantom-spacing" in phantom_args else None
+    phantom_images = [f.image for f in phantom_set(PHANTOM_KINDS.split(","), parse_seeds(mix["phantom_seeds"]),
+                                                   cache, spacing=spacing, workers=1)]
+    real_images = [c.image_path for c in covid_ct_md_sample(real_data, frozenset(real_exclude))] if real_data else []
+    record_training_mix(model_dir, mix, phantom_images, real_images)
+    return check_model_folder(model_dir)
+
+
+def train_and_install(kind: str, steps: Steps, work: Path, registry, train_seeds: str, eval_seeds: str,
+                      extra: list[str], cache: Path, version: str = DEMO_VERSION,
+                      phantom_args: tuple[str, ...] = (), real_data: Path | None = None, quick: bool = False) -> None:
+    """``train_and_export`` with the demo recipe (``extra`` appended: argparse keeps the last value), then install."""
+    run_args = training_args(kind, real_data, (), quick, train_seeds) + list(extra)
+    model_dir = work / f"{kind}-model"
+    train_and_export(kind, model_dir, steps, work, cache, run_args, eval_seeds, version, phantom_args, real_data)
+    model_id = CLASSIFIER_ID if kind == "classifier" else SEGMENTER_ID
     steps.start(f"install_{kind}", f"installing {model_id} into {registry.root}")
     meta = registry.install(model_dir, force=True)
     print(f"    installed {meta.label_line()}", flush=True)
@@ -145,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", help="default: where covidct looks, $COVIDCT_MODELS_DIR or ~/.cache/covidct/models")
     p.add_argument("--work-dir", help="default $COVIDCT_DEMO_DIR or <repo>/.demo")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--real-data", type=Path, default=None,
+                   help="shared-data root with the real CTs (covid-ct-md/labels.json); default $COVIDCT_SHARED_DATA, "
+                        "else <repo>/../shared/data when it holds them; without it the models train on phantoms only")
+    p.add_argument("--no-real-data", action="store_true", help="train on phantoms only even when real CTs are there")
     args = p.parse_args(argv)
+    real_data = None if args.no_real_data else check_real_data(args.real_data or default_real_data())
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -159,14 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     version = QUICK_VERSION if args.quick else DEMO_VERSION
     todo = [k for k, mid in (("classifier", CLASSIFIER_ID), ("segmenter", SEGMENTER_ID))
             if args.retrain or installed(registry, mid, version) is None]
-    steps = Steps(total=sum(5 if k == "classifier" else 4 for k in todo) + 2)
+    steps = Steps(total=sum(6 if k == "classifier" else 5 for k in todo) + 2)
     print(f"==> demo: models in {registry.root}; work files in {work}. Research use, not for diagnosis.", flush=True)
+    if real_data is None:
+        print("==> demo: no real CTs (--real-data): the models train on synthetic phantoms only", flush=True)
+    else:
+        print(f"==> demo: training on phantoms plus the real CTs of {real_data} (hybrids: real backgrounds with "
+              f"synthetic lesions; weak: slice labels; patients {real_patients(real_data)})", flush=True)
     if not todo:
         print("==> demo models already installed (use --retrain to train them again)", flush=True)
     for kind in todo:
         train_seeds = QUICK["train_seeds"] if args.quick else TRAIN_SEEDS[kind]
-        train_and_install(kind, steps, work, registry, train_seeds, eval_seeds,
-                          QUICK[kind] if args.quick else [], cache, version)
+        train_and_install(kind, steps, work, registry, train_seeds, eval_seeds, [], cache, version,
+                          real_data=real_data, quick=args.quick)
     for mid in (CLASSIFIER_ID, SEGMENTER_ID):
         meta = installed(registry, mid, version)
         if meta is not None:
@@ -192,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> analysis of the fresh phantom written to {out} (report.json, segmentation.seg.nrrd, preview.png)",
               flush=True)
     print(f"==> demo finished in {timings['total_s']:.0f} s; step timings: {json.dumps(steps.timings)}", flush=True)
-    print("==> DEMO models, trained on synthetic phantoms: research use, not for diagnosis.", flush=True)
+    print(f"==> DEMO models, trained on synthetic phantoms{' only' if real_data is None else ' and real backgrounds'}"
+          ": research use, not for diagnosis.", flush=True)
     return rc
 
 
