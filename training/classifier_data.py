@@ -85,6 +85,7 @@ class ClassifierCase:
     truth: Path | None = None  # phantom truth (labels 1/2/3)
     labels_superior_first: bool = False  # COVID-CT-MD order: re-ordered by labels_by_z once loaded
     group: str = ""  # the patient behind the case (phantoms of one seed are one patient); default patient_id
+    part: str = ""  # with a mixed --dataset (phantoms,hybrids,weak): the part it came from
 
     def __post_init__(self) -> None:
         self.group = self.group or self.patient_id
@@ -187,22 +188,29 @@ def nifti_csv_cases(csv_path: Path) -> list[ClassifierCase]:
     return cases
 
 
+def lesion_slice_labels(truth: np.ndarray) -> np.ndarray:
+    """Per z of an exact truth (z, y, x; 3 = lesion): 1 lesion slice, 0 clear, ``TRACE_SLICE`` a lesion's tip.
+
+    Phantoms and hybrid cases (``training.classifier_mix``) both take their slice labels from here.
+    """
+    truth = np.asarray(truth).reshape(truth.shape[0], -1)  # (z, y*x)
+    # A lesion slice is one where lesion covers at least LESION_SLICE_FRACTION of the lung, so that a
+    # slice grazing a lesion's tip does not teach "disease" from a few voxels.
+    # A case whose lesions are all small (under that share on every slice) would otherwise get no
+    # lesion slice and train "COVID-19" on all its lung slices, most of them normal-looking: there, the
+    # slices with at least half the largest share are the lesion slices.
+    share = (truth == 3).sum(axis=1) / np.maximum((truth > 0).sum(axis=1), 1)
+    any_lesion = (truth == 3).any(axis=1)
+    lesion = (share >= min(LESION_SLICE_FRACTION, 0.5 * float(share.max()))) & any_lesion
+    return np.where(lesion, 1, np.where(any_lesion, TRACE_SLICE, 0)).astype(np.uint8)
+
+
 def phantom_cases(kinds: list[str], seeds: list[int], cache_dir: Path, spacing: float | None = None,
                   log=None) -> list[ClassifierCase]:
     """Phantoms as cases; slice labels per z come from the truth: 1 lesion slice, 0 clear, ``TRACE_SLICE``."""
     cases = []
     for pf in phantom_set(kinds, seeds, cache_dir, spacing=spacing, log=log):
-        truth = sitk.GetArrayFromImage(read_image_file(pf.truth, "phantom truth"))
-        truth = truth.reshape(truth.shape[0], -1)  # (z, y*x)
-        # A lesion slice is one where lesion covers at least LESION_SLICE_FRACTION of the lung, so that a
-        # slice grazing a lesion's tip does not teach "disease" from a few voxels.
-        # A phantom whose lesions are all small (under that share on every slice) would otherwise get no
-        # lesion slice and train "COVID-19" on all its lung slices, most of them normal-looking: there, the
-        # slices with at least half the largest share are the lesion slices.
-        share = (truth == 3).sum(axis=1) / np.maximum((truth > 0).sum(axis=1), 1)
-        any_lesion = (truth == 3).any(axis=1)
-        lesion = (share >= min(LESION_SLICE_FRACTION, 0.5 * float(share.max()))) & any_lesion
-        lesion = np.where(lesion, 1, np.where(any_lesion, TRACE_SLICE, 0)).astype(np.uint8)
+        lesion = lesion_slice_labels(sitk.GetArrayFromImage(read_image_file(pf.truth, "phantom truth")))
         cases.append(ClassifierCase(patient_id=pf.case_id, class_index=class_index(KIND_TO_CLASS[pf.kind]),
                                     source="phantom", image=pf.image, slice_labels=lesion, truth=pf.truth,
                                     group=f"phantom-seed-{pf.seed}"))

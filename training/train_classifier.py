@@ -27,6 +27,7 @@ from CovidCTAnalysisLib.models.transforms import classifier_settings, classifier
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training import classifier_data as cdata
+from training import classifier_mix as cmix
 from training.classifier_slices import NORMAL, SliceDataset, case_slices
 from training.common import (
     CHECKPOINT_BEST,
@@ -47,14 +48,18 @@ from training.common import (
 )
 from training.metrics import classification_metrics, confusion_figure
 from training.phantom_cache import parse_seeds
-from training.splits import DEFAULT_TRAIN_FRACTION, split_cases
+from training.real_cases import parse_patients
+from training.splits import DEFAULT_TRAIN_FRACTION
 
 RUN_FILE = "run.json"
+SINGLE_LAYOUTS = ("folders", "covid-ct-md", "nifti-csv", "phantoms")
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset")
-    g.add_argument("--dataset", required=True, choices=["folders", "covid-ct-md", "nifti-csv", "phantoms"])
+    g.add_argument("--dataset", required=True,
+                   help=f"one layout of {list(SINGLE_LAYOUTS)}, or a comma list of parts {list(cmix.PARTS)} "
+                        "(e.g. phantoms,hybrids,weak; see training/classifier_mix.py)")
     g.add_argument("--data-root", help="dataset folder (folders, covid-ct-md)")
     g.add_argument("--csv", help="nifti-csv: CSV with columns image,class[,patient_id,slice_labels]")
     g.add_argument("--class-folders", help="CLASS=FOLDER,... (defaults per layout, see classifier_data)")
@@ -63,7 +68,12 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--phantom-kinds", default="normal,pneumonia,covid")
     g.add_argument("--phantom-seeds", default="0-9", help="e.g. 0-9 or 1,2,5")
     g.add_argument("--phantom-spacing", type=float, default=None, help="isotropic phantom spacing in mm")
-    g.add_argument("--cache-dir", help="phantom cache (default <output-dir>/cache)")
+    g.add_argument("--cache-dir", help="phantom and hybrid cache (default <output-dir>/cache)")
+    g.add_argument("--real-data", help="shared-data root holding covid-ct-md/labels.json (parts hybrids and weak)")
+    g.add_argument("--real-exclude", default="",
+                   help="real patients to leave out of hybrids and weak, e.g. P001 (leave-one-patient-out)")
+    g.add_argument("--hybrid-kinds", default="covid,pneumonia")
+    g.add_argument("--hybrid-seeds", default="0-1", help="lesion seeds per real background (part hybrids)")
     g.add_argument("--lung-mask", default="threshold", choices=["threshold", "truth"],
                    help="lung box for cropping: the core's threshold method (as at inference) or phantom truth")
     g.add_argument("--max-slices-per-case", type=int, default=None,
@@ -78,6 +88,8 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 def load_cases(args, log=None) -> tuple[list[cdata.ClassifierCase], dict]:
     """The dataset's cases and a description of it for the metadata."""
     d = args.dataset
+    if d not in SINGLE_LAYOUTS:
+        return load_mix(args, cmix.parse_parts(d), log)
     if d == "phantoms":
         kinds = [k.strip() for k in args.phantom_kinds.split(",") if k.strip()]
         seeds = parse_seeds(args.phantom_seeds)
@@ -98,6 +110,40 @@ def load_cases(args, log=None) -> tuple[list[cdata.ClassifierCase], dict]:
         cases = cdata.nifti_csv_cases(Path(_need(args.csv, "--csv")))
         desc = {"name": "volumes listed in a CSV", "csv": str(args.csv)}
     desc["patients"] = {CLASS_NAMES[k]: sum(c.class_index == k for c in cases) for k in range(len(CLASS_NAMES))}
+    return cases, desc
+
+
+def load_mix(args, parts: list[str], log=None) -> tuple[list[cdata.ClassifierCase], dict]:
+    """``--dataset phantoms,hybrids,weak`` (any of them): each part's cases, tagged with ``case.part``."""
+    exclude = parse_patients(args.real_exclude)
+    real = [p for p in parts if p in cmix.REAL_PARTS]
+    if real and not args.real_data:
+        raise SystemExit(f"--dataset parts {real} need --real-data (the shared-data root with covid-ct-md/labels.json)")
+    if exclude and not real:
+        raise SystemExit(f"--real-exclude {sorted(exclude)} without a real part (hybrids, weak) in --dataset")
+    cases, desc = [], {"name": "mix: " + ", ".join(parts), "parts": {}, "real_data": args.real_data,
+                       "real_excluded": sorted(exclude)}
+    for part in parts:
+        if part == "phantoms":
+            part_cases, part_desc = load_cases(argparse.Namespace(**{**vars(args), "dataset": "phantoms"}), log)
+        elif part == "hybrids":
+            from training.hybrid_cases import HYBRID_VERSION
+
+            kinds = [k.strip() for k in args.hybrid_kinds.split(",") if k.strip()]
+            cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
+            part_cases = cmix.hybrid_cases(Path(args.real_data), kinds, parse_seeds(args.hybrid_seeds), cache,
+                                           exclude, log)
+            part_desc = {"name": "hybrids: lesion-free real CT backgrounds with synthetic lesions "
+                                 "(training.hybrid_cases)", "kinds": kinds, "seeds": args.hybrid_seeds,
+                         "version": HYBRID_VERSION}
+        else:
+            part_cases = cmix.weak_cases(Path(args.real_data), exclude)
+            part_desc = {"name": "weak: COVID-CT-MD sample (Afshar et al., Sci Data 8:121, 2021) with the "
+                                 "radiologists' patient classes and slice labels; no voxel outline"}
+        for c in part_cases:
+            c.part = part
+        cases += part_cases
+        desc["parts"][part] = part_desc
     return cases, desc
 
 
@@ -190,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = preprocessing_from_args(args)
     ctx.log("data", f"reading {args.dataset} cases")
     cases, dataset_desc = load_cases(args, log=ctx.log)
-    split = split_cases([c.patient_id for c in cases], [c.group for c in cases], [c.class_index for c in cases],
-                        args.train_fraction, args.seed)
+    split = cmix.split_real_in_training(cases, args.train_fraction, args.seed)  # real patients: training (why: there)
     ctx.log("data", f"{len(cases)} patients: {len(split.train)} train / {len(split.val)} validation (by patient)")
     by_id = {c.patient_id: c for c in cases}
     slices, normal_heights = {}, []
@@ -207,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         per_class = np.bincount(slices[pid].y, minlength=len(CLASS_NAMES)).tolist()
         ctx.log("data", f"slices {i + 1}/{len(cases)}: {pid} -> {len(slices[pid].x)} "
                         f"({', '.join(f'{n} {c}' for c, n in zip(CLASS_NAMES, per_class, strict=True) if n)})")
+    if any(c.part for c in cases):
+        dataset_desc["mix"] = cmix.mix_summary(cases, slices, dataset_desc["real_excluded"])
+        ctx.log("data", f"mix: {dataset_desc['mix']}")
     train_ds = SliceDataset([slices[p] for p in split.train], prep,
                             classifier_train_transforms(prep, strength=args.augment_strength))
     val_ds = SliceDataset([slices[p] for p in split.val], prep)
