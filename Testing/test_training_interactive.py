@@ -87,3 +87,30 @@ def test_train_export_and_robot_evaluation_end_to_end(tmp_path):
     assert (tmp_path / "model" / "robot_user.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="overlaps the training seeds"):
         evaluate(["--model-dir", str(tmp_path / "model"), "--phantom-seeds", "1", "--no-write"])
+
+
+def test_automatic_start_takes_the_segmenters_lesions_inside_the_true_lungs(monkeypatch):
+    import SimpleITK as sitk
+    from CovidCTAnalysisLib.inference import segment as segment_module
+    from CovidCTAnalysisLib.threshold import lungs as lungs_module
+
+    from training.evaluate_interactive import automatic_start, start_labels
+
+    _, truth = case()
+    image = sitk.GetImageFromArray(np.zeros(truth.shape, np.float32))
+    drawn = np.zeros(truth.shape, np.uint8)
+    drawn[10:20, 10:20, 10:30] = LESION  # partly in the right lung, partly across the gap between the lungs
+    drawn[0:3, 0:3, 0:3] = LESION  # outside the body
+    calls = []
+    monkeypatch.setattr(lungs_module, "segment_lungs", lambda img: "lungs")
+    monkeypatch.setattr(lungs_module, "lung_extent", lambda lungs: "extent")
+    monkeypatch.setattr(segment_module, "segment", lambda img, box, model, device: (
+        calls.append((box, model, device)) or sitk.GetImageFromArray(drawn)))
+    start = start_labels(image, truth, "automatic", segmenter="SEG", device="cpu")
+    assert calls == [("extent", "SEG", "cpu")]
+    expected = np.where(truth == LESION, 1, truth)  # the true lesion goes back to the lung around it (1)
+    expected[(drawn == LESION) & (truth > 0)] = LESION
+    assert np.array_equal(start, expected)
+    empty = start_labels(image, truth, "empty", segmenter="SEG")
+    assert len(calls) == 1 and not (empty == LESION).any() and np.array_equal(empty > 0, truth > 0)
+    assert automatic_start(None)["source"] == "threshold"

@@ -158,6 +158,11 @@ def rank_shares(loader: torch.utils.data.DataLoader, ctx: RunContext) -> dict[st
 
     sampler = loader.sampler
     mine = [int(i) for i in sampler] if isinstance(sampler, DistributedSampler) else list(range(len(loader.dataset)))
+    return gather_shares(mine, len(loader.dataset), ctx)
+
+
+def gather_shares(mine: list[int], n_items: int, ctx: RunContext) -> dict[str, Any] | None:
+    """``rank_shares`` for any list of item indices a rank owns (rank 0 gathers them; None off rank 0)."""
     shares = [mine]
     if ctx.distributed:
         import torch.distributed as dist
@@ -166,8 +171,8 @@ def rank_shares(loader: torch.utils.data.DataLoader, ctx: RunContext) -> dict[st
         dist.all_gather_object(shares, mine)
     if not ctx.is_main:
         return None
-    seen = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in shares]), minlength=len(loader.dataset))
-    return {"dataset_items": len(loader.dataset), "items_per_rank": [len(s) for s in shares],
+    seen = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in shares]), minlength=n_items)
+    return {"dataset_items": n_items, "items_per_rank": [len(s) for s in shares],
             "items_covered": int((seen > 0).sum()), "items_seen_twice": int(np.maximum(seen - 1, 0).sum())}
 
 

@@ -8,9 +8,11 @@ For every case and each start, a robot clicks the centre of the largest error re
 (ROI, guidance, merge rule) on the case's own grid. Starts:
 
 - ``empty``: the true lungs without any lesion;
-- ``automatic``: the true lungs with the threshold method's lesions (``threshold.lesions.find_lesions``
-  on the true lungs): no demo segmenter is assumed to be installed, so this stands in for the automatic
-  output; it says so in the metrics.
+- ``automatic``: the true lungs with an automatic method's lesions inside them: the segmenter's
+  (``--automatic-model``, a segmentation model folder, run through ``inference.segment.segment`` as
+  ``covidct analyze`` runs it) or, without one, the threshold method's (``threshold.lesions.find_lesions``
+  on the true lungs). The metrics say which (``automatic_start``). The true lungs are kept so that the
+  robot's positive clicks on missed lesion are never refused as outside the lungs.
 
 Reported per start: mean lesion Dice after 0, 1, 3, 5, 10 clicks (and the whole curve), NoC@85 and
 NoC@90 (clicks to reach that Dice, a failure counting ``--max-clicks``), and the largest fall of the
@@ -40,19 +42,33 @@ from training.phantom_cache import parse_seeds, phantom_set
 REPORT_AT = (0, 1, 3, 5, 10)
 STARTS = ("empty", "automatic")
 START_NOTES = {"empty": "true lungs, no lesion drawn",
-               "automatic": "true lungs with the threshold method's lesions (threshold.lesions.find_lesions); "
-                            "stands in for the automatic segmenter's output"}
+               "automatic": "true lungs with the automatic method's lesions inside them (see automatic_start)"}
 
 
-def start_labels(image: sitk.Image, truth: np.ndarray, start: str) -> np.ndarray:
-    """The labelmap a session starts from: the true lungs, lesion removed (``empty``) or the threshold lesions."""
+def automatic_start(segmenter) -> dict:
+    """What the ``automatic`` start's lesions come from (recorded in the metrics)."""
+    if segmenter is None:
+        return {"source": "threshold", "method": "threshold.lesions.find_lesions on the true lungs"}
+    return {"source": "segmenter", "method": "inference.segment.segment (as covidct analyze), lesion label",
+            "model": segmenter.metadata.provenance()}
+
+
+def start_labels(image: sitk.Image, truth: np.ndarray, start: str, segmenter=None, device: str = "cpu") -> np.ndarray:
+    """The labelmap a session starts from: the true lungs, lesion removed (``empty``), or with the automatic
+    lesions inside them: ``segmenter``'s (a loaded segmentation model) or, when it is None, the threshold's."""
     lungs = truth.copy()
     merge_lesion(lungs, np.zeros(lungs.shape, bool), (0, 0, 0, *image.GetSize()))  # lesion back to its lung
     if start == "empty":
         return lungs
-    from CovidCTAnalysisLib.threshold.lesions import find_lesions
+    if segmenter is None:
+        from CovidCTAnalysisLib.threshold.lesions import find_lesions
 
-    found = sitk.GetArrayFromImage(find_lesions(image, labelmap_like(lungs, image))) > 0
+        found = sitk.GetArrayFromImage(find_lesions(image, labelmap_like(lungs, image))) > 0
+    else:
+        from CovidCTAnalysisLib.inference.segment import segment
+        from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
+
+        found = sitk.GetArrayFromImage(segment(image, lung_extent(segment_lungs(image)), segmenter, device)) == LESION
     lungs[found & (lungs > 0)] = LESION
     return lungs
 
@@ -127,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="phantom cache (default: <model-dir>/../phantom-cache)")
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--starts", default=",".join(STARTS))
+    p.add_argument("--automatic-model", default=None,
+                   help="segmentation model folder whose lesions make the automatic start (default: the threshold "
+                        "method's lesions)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--rule", default="click_kind", choices=RULES, help="merge rule (interactive.merge.RULES)")
     p.add_argument("--key", default="robot_user", help="eval_metrics key to write (e.g. one per rule)")
@@ -144,14 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in args.phantom_kinds.split(",") if k]
     cases = phantom_set(kinds, seeds, args.cache_dir or model_dir.parent / "phantom-cache")
     starts = [s for s in args.starts.split(",") if s]
+    unknown = sorted(set(starts) - set(STARTS))
+    if unknown:
+        raise SystemExit(f"--starts {args.starts}: unknown {unknown}; expected some of {list(STARTS)}")
+    segmenter = load_model_folder(args.automatic_model, args.device) if args.automatic_model else None
+    if segmenter is not None and segmenter.metadata.task != "segmentation":
+        raise SystemExit(f"--automatic-model {args.automatic_model} is a {segmenter.metadata.task} model; "
+                         "expected a segmentation model")
     curves: dict[str, list[list[float]]] = {s: [] for s in starts}
     seconds: list[float] = []
     for case in cases:
         image = sitk.ReadImage(str(case.image), sitk.sitkFloat32)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.truth), sitk.sitkUInt8))
         for start in starts:
-            dice, secs = robot_session(image, truth, start_labels(image, truth, start), model, args.device,
-                                       args.max_clicks, args.rule)
+            labels = start_labels(image, truth, start, segmenter, args.device)
+            dice, secs = robot_session(image, truth, labels, model, args.device, args.max_clicks, args.rule)
             curves[start].append(dice)
             seconds += secs
             print(f"[robot] {time.monotonic() - t0:7.1f}s | {case.case_id} {start}: Dice "
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"a false region), up to {args.max_clicks} clicks; NoC counts a failure as "
                            f"{args.max_clicks}",
                "data": f"synthetic phantoms {kinds} seeds {args.phantom_seeds} (not used in training)",
-               "merge_rule": args.rule, "starts": summary, "seconds_per_click_median": round(float(np.median(seconds)), 3) if seconds else None,
+               "merge_rule": args.rule, "automatic_start": automatic_start(segmenter), "starts": summary, "seconds_per_click_median": round(float(np.median(seconds)), 3) if seconds else None,
                "seconds": round(time.monotonic() - t0, 1)}
     for start, s in summary.items():
         print(f"{start}: Dice after {s['dice_after_clicks']}; NoC@85 {s['noc85']}, NoC@90 {s['noc90']}; largest fall "

@@ -34,6 +34,7 @@ from training.common import (
     all_reduce_mean,
     barrier,
     command_line,
+    gather_shares,
     load_checkpoint,
     save_checkpoint,
     setup_run,
@@ -135,13 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     split = split_cases([c.case_id for c in cases], [c.group for c in cases], None, args.train_fraction, args.seed)
     ctx.log("data", f"{len(cases)} cases: {len(split.train)} train / {len(split.val)} validation (by patient)")
     by_id = {c.case_id: c for c in cases}
+    # DDP: each rank draws its patches from its own share of the training patients (every patient in one share),
+    # as the other trainers' DistributedSampler does; with fewer patients than ranks every rank takes them all.
+    mine = (list(range(ctx.rank, len(split.train), ctx.world_size)) if len(split.train) >= ctx.world_size
+            else list(range(len(split.train))))
+    shares = gather_shares(mine, len(split.train), ctx)
+    train_ids = [split.train[i] for i in mine]
+    val_ids = list(split.val) if ctx.is_main else []
     prepared = {cid: prepare_case(by_id[cid], prep, n_labels, args.sides, not args.no_radiopaedia_hu)
-                for cid in split.train + split.val}
+                for cid in train_ids + val_ids}
     vol = {cid: (d["image"][0], d["label"][0]) for cid, d in prepared.items()}
     val_rng = np.random.default_rng(12345)
     val_sim = sessions.ClickSimulation(p_empty=0.0, p_automatic=0.5, max_inner=0, lesion_centre_prob=1.0)
-    val_samples = [sessions.sample_patch(*vol[split.val[i % len(split.val)]], roi, val_sim, val_rng, lesion_value)
-                   for i in range(args.val_patches)] if split.val else []
+    val_samples = [sessions.sample_patch(*vol[val_ids[i % len(val_ids)]], roi, val_sim, val_rng, lesion_value)
+                   for i in range(args.val_patches)] if val_ids else []
 
     arch_kwargs = {"in_channels": len(channels), "channels": [int(v) for v in args.channels.split(",")],
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
@@ -158,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         start, best, history = state["epoch"] + 1, state["best_metric"], state["extra"].get("history", [])
         ctx.log("resume", f"from step {state['epoch'] + 1} (best {best})")
     rng = np.random.default_rng(args.seed * 1000 + ctx.rank + start)
-    train_ids = split.train
     tb = TensorBoardLog(ctx)
     total, n = 0.0, 0
     for step in range(start, args.iterations):
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": {"iterations": args.iterations, "batch_size": args.batch_size, "optimizer": args.optimizer,
                          "lr": args.lr, "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax), lesion",
                          "precision": args.precision, "seed": args.seed, "world_size": ctx.world_size,
-                         "device": str(ctx.device)},
+                         "rank_shares": shares, "device": str(ctx.device)},
             "history": history,
             "best_val_metric": {"name": "val_mean_dice (after 1-3 simulated clicks, patches)", "value": best},
             "command": command_line(),
