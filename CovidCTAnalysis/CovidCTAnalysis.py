@@ -14,6 +14,7 @@ import qt
 import slicer
 import vtk
 from CovidCTAnalysisSlicer import dicom_export, installing, model_install, requirements, slicer_versions
+from CovidCTAnalysisSlicer.correction_panel import CorrectionSection
 from CovidCTAnalysisSlicer.models import (
     DEVICE_CHOICES,
     METHOD_CHOICES,
@@ -128,6 +129,8 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             label.textFormat = qt.Qt.PlainText  # scan and model text (descriptions, ids) is shown as written, never as markup
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CovidCTAnalysisLogic()
+        self.corrections = CorrectionSection.forModule(self.ui, self.logic.getParameterNode,
+                                                       self.logic.pythonSlicerExecutable, MODULE_DIR)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -150,6 +153,7 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.stop()
         self.trainingTimer.stop()
         if self.logic:
+            self.corrections.close()  # the correction worker exits with the module
             self.logic.cancelAnalysis()
             self.logic.cancelTraining()
         self.removeObservers()

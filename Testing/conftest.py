@@ -35,6 +35,14 @@ def tiny_demo_models(tmp_path_factory):
     return build_tiny_demo_models(tmp_path_factory.mktemp("tiny-demo"))
 
 
+@pytest.fixture(scope="session")
+def tiny_interactive_models(tmp_path_factory) -> Path:
+    """A registry holding a tiny interactive model trained by ``training.train_interactive`` (``tiny_models.py``)."""
+    from tiny_models import build_tiny_interactive_model
+
+    return build_tiny_interactive_model(tmp_path_factory.mktemp("tiny-interactive"))
+
+
 @pytest.fixture
 def tiny_models_dir(tiny_demo_models, monkeypatch) -> Path:
     """``$COVIDCT_MODELS_DIR`` pointed at the tiny demo models for one test (subprocesses inherit it)."""

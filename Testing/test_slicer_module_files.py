@@ -67,6 +67,14 @@ def test_ui_names_used_in_code_exist():
     assert not missing, f"CovidCTAnalysis.py uses self.ui.{missing}, which CovidCTAnalysis.ui does not define"
 
 
+def test_ui_names_used_by_the_correction_section_exist():
+    code = (MODULE_PY.parent / "CovidCTAnalysisSlicer" / "correction_panel.py").read_text()
+    used = set(re.findall(r"\bui\.(\w+)", code))
+    assert {"addLesionPlaceWidget", "removeLesionPlaceWidget", "undoCorrectionButton", "correctionStatusLabel"} <= used
+    missing = sorted(used - set(uiWidgets()))
+    assert not missing, f"correction_panel.py uses ui.{missing}, which CovidCTAnalysis.ui does not define"
+
+
 def test_slicer_parameter_names_match_parameter_node_fields():
     fields = parameterNodeFields()
     bound = slicerParameterNames()

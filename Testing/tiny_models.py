@@ -57,3 +57,30 @@ def build_tiny_demo_models(work: Path) -> TinyDemoModels:
                               TINY_VERSION, phantom_args=PHANTOM_ARGS)
         steps.finish()
     return TinyDemoModels(root=registry.root, cache=cache)
+
+
+# A tiny interactive model, trained by the project's own trainer (training.train_interactive) and exported and
+# installed like the demo one: 4 steps of a 2-level U-Net on 16-voxel patches at 6 mm. Its drawing is poor; the
+# tests that use it check the machinery (worker, panel), not the quality.
+INTERACTIVE_ID = "covidct-interactive-tiny-test"
+INTERACTIVE_ARGS = ["--dataset", "phantoms", "--phantom-kinds", "covid", "--phantom-seeds", TRAIN_SEEDS,
+                    "--phantom-spacing", "6", "--roi", "16", "--spacing", "6", "--channels", "4,8", "--strides", "2",
+                    "--num-res-units", "1", "--batch-size", "2", "--val-patches", "2", "--max-inner", "1",
+                    "--threads", "2", "--device", "cpu", "--iterations", "4", "--val-every", "4"]
+
+
+def build_tiny_interactive_model(work: Path) -> Path:
+    """Train, export and install a tiny interactive model under ``work``; returns the registry folder."""
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
+
+    from training.export import export
+    from training.train_interactive import main as train_interactive
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if train_interactive([*INTERACTIVE_ARGS, "--cache-dir", str(work / "cache"), "--output-dir",
+                              str(work / "run")]) != 0:
+            raise RuntimeError("training the tiny interactive model failed")
+        export(work / "run", work / "model", INTERACTIVE_ID, TINY_VERSION, demo=True)
+    registry = ModelRegistry(work / "models")
+    registry.install(work / "model")
+    return registry.root

@@ -2,8 +2,9 @@
 
     QT_QPA_PLATFORM=offscreen python tools/draw_panel.py [--out Resources/Screenshots/panel-drawing.png]
 
-Slicer's widget classes (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLTableView, qMRMLWidget) are replaced by
-plain Qt stand-ins (a group box, a combo box, a table, a widget) before loading; the combo boxes get the panel's
+Slicer's widget classes (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLTableView, qMRMLWidget,
+qSlicerMarkupsPlaceWidget) are replaced by plain Qt stand-ins (a group box, a combo box, a table, a widget, a tool
+button) before loading; the combo boxes get the panel's
 own choices (CovidCTAnalysisSlicer.models) and the labels the texts shown with no model installed. The picture
 is stamped "Drawing of the .ui with plain Qt - not a Slicer screenshot".
 """
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "CovidCTAnalysis"
 UI_FILE = MODULE / "Resources" / "UI" / "CovidCTAnalysis.ui"
 STAND_INS = {"ctkCollapsibleButton": "QGroupBox", "qMRMLNodeComboBox": "QComboBox", "qMRMLTableView": "QTableWidget",
-             "qMRMLWidget": "QWidget"}
+             "qMRMLWidget": "QWidget", "qSlicerMarkupsPlaceWidget": "QToolButton"}
 STAMP = "DRAWING of the .ui (plain Qt stand-ins), not a Slicer screenshot"
 
 

@@ -29,15 +29,16 @@ MAX_UNDO = 20
 
 def clicksFromMarkupsNode(markupsNode, kind: str) -> list[Click]:
     """The defined control points of a point list as clicks of ``kind`` ("add"/"remove") in LPS mm."""
-    clicks = []
-    for index in range(markupsNode.GetNumberOfControlPoints()):
-        if markupsNode.GetNthControlPointPositionStatus(index) != markupsNode.PositionDefined:
-            continue
-        ras = [0.0, 0.0, 0.0]
-        markupsNode.GetNthControlPointPositionWorld(index, ras)
-        label = markupsNode.GetNthControlPointLabel(index) or str(index)
-        clicks.append(Click(kind, (-ras[0], -ras[1], ras[2]), f"{markupsNode.GetName()}:{label}"))
-    return clicks
+    return [clickFromControlPoint(markupsNode, index, kind) for index in range(markupsNode.GetNumberOfControlPoints())
+            if markupsNode.GetNthControlPointPositionStatus(index) == markupsNode.PositionDefined]
+
+
+def clickFromControlPoint(markupsNode, index: int, kind: str) -> Click:
+    """Control point ``index`` of a point list (world RAS, parent transforms applied) as a click in LPS mm."""
+    ras = [0.0, 0.0, 0.0]
+    markupsNode.GetNthControlPointPositionWorld(index, ras)
+    label = markupsNode.GetNthControlPointLabel(index) or str(index)
+    return Click(kind, (-ras[0], -ras[1], ras[2]), f"{markupsNode.GetName()}:{label}")
 
 
 def checkClicks(volumeNode, segmentationNode, clicks: list[Click]) -> None:

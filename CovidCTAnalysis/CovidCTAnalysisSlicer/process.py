@@ -97,6 +97,31 @@ def environmentWithModulePath(moduleDir: str | Path, baseEnvironment: dict[str, 
     return environment
 
 
+def processGroupKwargs() -> dict:
+    """``Popen`` arguments that start a process in a group of its own, so that ``killProcessTree`` can end it."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    # A new session, so Cancel can end PythonSlicer's launcher and the Python it starts together.
+    return {"start_new_session": True}
+
+
+def killProcessTree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Kill ``process`` (started with ``processGroupKwargs``) and everything it started; waits for it."""
+    if process.poll() is None:
+        try:
+            if sys.platform == "win32":
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 class AnalysisProcess:
     """One running analysis. ``poll()`` returns the progress events that arrived since the last call.
 
@@ -118,16 +143,10 @@ class AnalysisProcess:
         self._openStreams = 2
         self._stderrTail: list[str] = []
         self._heldErrorLines: list[ProgressEvent] = []
-        popenKwargs: dict = {}
-        if sys.platform == "win32":
-            popenKwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            # A new session, so Cancel can end PythonSlicer's launcher and the Python it starts together.
-            popenKwargs["start_new_session"] = True
         self._process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             env=environment, cwd=None if cwd is None else str(cwd), text=True, encoding="utf-8",
-            errors="replace", bufsize=1, **popenKwargs,
+            errors="replace", bufsize=1, **processGroupKwargs(),
         )
         for stream, name in ((self._process.stdout, "stdout"), (self._process.stderr, "stderr")):
             threading.Thread(target=self._readLines, args=(stream, name), daemon=True).start()
@@ -217,19 +236,6 @@ class AnalysisProcess:
             return
         self.state = "cancelled"
         self.errorMessage = "cancelled by the user"
-        if self._process.poll() is None:
-            try:
-                if sys.platform == "win32":
-                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
-                                   capture_output=True, check=False)
-                else:
-                    os.killpg(self._process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self._process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=timeout)
+        killProcessTree(self._process, timeout)
         self.returnCode = self._process.returncode
         self.poll()
