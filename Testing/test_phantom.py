@@ -158,7 +158,7 @@ def test_vessels_make_some_lung_voxels_dense():
 
 @pytest.mark.parametrize("seed", [0, 2, 7])
 def test_noise_sd_follows_the_seed(seed):
-    ph = make_phantom("normal", seed, spacing=(1.1, 1.1, 5.0))  # fine in-plane: the blur correlates the noise
+    ph = make_phantom("normal", seed, spacing=(1.1, 1.1, 5.0))  # noise_sd_hu is the pixel SD of the (correlated) noise
     img = arrays(ph)[0].astype(float)
     k, j, i = ph.image.TransformPhysicalPointToIndex(ph.landmarks["liver"])[::-1]
     roi = img[max(k - 2, 0):k + 3, j - 4:j + 5, i - 4:i + 5]

@@ -9,7 +9,9 @@ there are any). Phantoms: normal, seeds ``--seeds`` on their own grids; real: CO
 
     python -m benchmarks.eval_phantom_realism [--seeds 0-2]
 
-Writes ``benchmarks/results/eval_phantom_realism.json`` and prints one row per scan.
+Writes ``benchmarks/results/eval_phantom_realism.json`` (with the ``PHANTOM_VERSION`` measured; when the file
+there was written for another version, its rows are kept under ``before``, version and all, for the comparison)
+and prints one row per scan.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from CovidCTAnalysisLib.phantom.generator import make_phantom
+from CovidCTAnalysisLib.phantom.generator import PHANTOM_VERSION, make_phantom
 from CovidCTAnalysisLib.results.plausibility import input_profile
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 from scipy import ndimage as ndi
@@ -69,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:24}" + "".join(f"{row[k]:>22}" for k in keys))
     out = HERE / "results" / "eval_phantom_realism.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1) + "\n")
+    result = {"phantom_version": PHANTOM_VERSION, "rows": rows}
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    if previous and "rows" not in previous:  # written before the version was recorded (generator 8 or older)
+        previous = {"phantom_version": None, "rows": previous}
+    if previous and previous.get("phantom_version") != PHANTOM_VERSION:
+        result["before"] = {"phantom_version": previous.get("phantom_version"), "rows": previous.get("rows")}
+    elif "before" in previous:
+        result["before"] = previous["before"]
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 
