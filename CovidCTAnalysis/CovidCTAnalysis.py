@@ -130,7 +130,7 @@ class CovidCTAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CovidCTAnalysisLogic()
         self.corrections = CorrectionSection.forModule(self.ui, self.logic.getParameterNode,
-                                                       self.logic.pythonSlicerExecutable, MODULE_DIR)
+                                                       self.logic.pythonSlicerExecutable, MODULE_DIR, qt.QTimer())
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

@@ -118,3 +118,53 @@ def test_cancel_kills_the_worker(panel):
     correction.cancel()  # before the model has even loaded
     assert started[0].state == "cancelled" and started[0]._process.returncode not in (None, 0)
     assert add.GetNumberOfControlPoints() == 0 and "cancelled" in statuses[-1]
+
+
+class Recorder:
+    """A stand-in for a Qt widget or timer: records connections and calls, holds properties."""
+
+    def __init__(self, **properties) -> None:
+        self.__dict__.update(properties)
+        self.connections, self.calls = {}, []
+
+    def connect(self, signal, slot=None) -> None:  # PythonQt: widget.connect(signal, slot); timer.timeout.connect(slot)
+        self.connections[signal if slot is not None else "()"] = slot if slot is not None else signal
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+def test_section_binds_point_lists_to_the_current_result_and_follows_a_new_one():
+    from CovidCTAnalysisSlicer.correction_panel import CorrectionSection
+
+    scene = newScene()
+    img = sitk.Image((12, 10, 6), sitk.sitkInt16) - 800
+    lab = sitk.Image(img.GetSize(), sitk.sitkUInt8)
+    lab[2:6, 2:8, 1:5] = 1
+    lab[6:10, 2:8, 1:5] = 2
+    lab.CopyInformation(img)
+    volume = volumes.addVolumeNodeFromSitkImage(scene, img, "ct")
+    first = segmentations.segmentationNodeFromLabelmap(scene, lab, "first", volume)
+    current = {"seg": None}
+    ui = type("Ui", (), {})()
+    for name in ("correctLesionsCollapsibleButton", "undoCorrectionButton", "cancelButton", "addLesionPlaceWidget",
+                 "removeLesionPlaceWidget", "correctionStatusLabel"):
+        setattr(ui, name, Recorder(collapsed=False, text="", enabled=False))
+    timer = Recorder()
+    timer.timeout = Recorder()
+    section = CorrectionSection(ui, lambda: (volume, current["seg"], None), lambda: pytest.fail("no worker yet"), timer)
+    assert set(ui.correctLesionsCollapsibleButton.connections) == {"contentsCollapsed(bool)"}
+    section.onCollapsed(False)
+    assert section.correction is None and "Analyze" in ui.correctionStatusLabel.text
+
+    current["seg"] = first
+    section.onCollapsed(False)
+    assert section.correction.segmentationNode is first and ("start", ()) in timer.calls
+    addNode = next(n for n, k in section.correction.kinds.items() if k == "add")
+    assert ("setCurrentNode", (addNode,)) in ui.addLesionPlaceWidget.calls and "first" in addNode.GetName()
+
+    current["seg"] = second = segmentations.segmentationNodeFromLabelmap(scene, lab, "second", volume)
+    section.poll()  # a new result: the section rebinds to it
+    assert section.correction.segmentationNode is second
+    section.close()
+    assert section.correction is None and ("stop", ()) in timer.calls

@@ -11,7 +11,7 @@ applied clicks; Undo restores the segments (``LesionEdits.undo``), tells the wor
 applied point. The worker is shut down on ``shutdown()`` (the module's cleanup) and when the scene
 closes (``EndCloseEvent``); ``cancel()`` kills it.
 
-``CorrectionSection`` binds the panel's widgets to it (thin; Qt only there).
+``CorrectionSection`` binds the panel's widgets to it (thin; the module passes the Qt timer in).
 """
 
 from __future__ import annotations
@@ -205,16 +205,16 @@ class LesionCorrection:
 class CorrectionSection:
     """The panel's "Correct lesions" widgets bound to a ``LesionCorrection`` made on first use.
 
-    ``resultNodes()`` returns (volume, segmentation, table) of the current result; ``startWorker()`` starts one.
+    ``resultNodes()`` returns (volume, segmentation, table) of the current result; ``startWorker()`` starts one;
+    ``timer`` is the panel's ``qt.QTimer`` that polls the worker (this package imports no Qt).
     """
 
-    def __init__(self, ui, resultNodes: Callable[[], tuple], startWorker: Callable[[], Any],
+    def __init__(self, ui, resultNodes: Callable[[], tuple], startWorker: Callable[[], Any], timer,
                  pollIntervalMs: int = 200) -> None:
-        import qt
-
         self.ui, self.resultNodes, self.startWorker = ui, resultNodes, startWorker
         self.correction: LesionCorrection | None = None
-        self.timer = qt.QTimer()
+        self._cancelEnabled = False
+        self.timer = timer
         self.timer.setInterval(pollIntervalMs)
         self.timer.timeout.connect(self.poll)
         ui.correctLesionsCollapsibleButton.connect("contentsCollapsed(bool)", self.onCollapsed)
@@ -223,7 +223,7 @@ class CorrectionSection:
 
     @classmethod
     def forModule(cls, ui, parameterNode: Callable[[], Any], pythonExecutable: Callable[[], str],
-                  moduleDir: str | Path) -> CorrectionSection:
+                  moduleDir: str | Path, timer) -> CorrectionSection:
         """The section of the module panel: the result and the models folder/device from the parameter node."""
 
         def resultNodes():
@@ -236,7 +236,7 @@ class CorrectionSection:
                                           device=DEVICE_CHOICES[node.device],
                                           environment=slicer.util.startupEnvironment())
 
-        return cls(ui, resultNodes, startWorker)
+        return cls(ui, resultNodes, startWorker, timer)
 
     def onCollapsed(self, collapsed: bool) -> None:
         if collapsed:
@@ -264,8 +264,19 @@ class CorrectionSection:
         self.ui.correctionStatusLabel.text = text
 
     def poll(self) -> None:
-        if self.correction is not None:
-            self.correction.poll()
+        if self.correction is None:
+            return
+        if self.resultNodes()[1] is not self.correction.segmentationNode:  # a new analysis, or the scene closed
+            self.close()
+            self.onCollapsed(self.ui.correctLesionsCollapsibleButton.collapsed)
+            return
+        self.correction.poll()
+        # Cancel is otherwise enabled only while an analysis runs; it also stops a busy worker.
+        worker = self.correction.worker
+        busy = bool(self.correction.pending) or (worker is not None and worker.state == "starting")
+        if busy != self._cancelEnabled:
+            self._cancelEnabled = busy
+            self.ui.cancelButton.enabled = busy
 
     def onUndo(self) -> None:
         if self.correction is not None:
