@@ -17,9 +17,16 @@ normal CT with synthesised lesions only; this module makes such cases from the r
   (noise, small vessels, fissures) is added back, so the real noise and the vessels stay
   visible through ground glass; inside consolidation only its noise-sized part (the vessels
   are isodense there). Lesion truth is exact (label 3).
-* **Seeded variation**: number, size, shape, density and position of the lesions, then a
-  small in-plane rotation, added noise, a blur or a sharpening kernel, and now and then thicker
-  slices (pairs of slices averaged). One seed, one case; the same seed gives the same case.
+* **Seeded variation**: number, size, shape, density and position of the lesions, then
+  (``augment``) a left-right mirror half the time (arrays flipped along x and labels 1/2 swapped:
+  the labels are patient sides, so after the mirror the former left lung is the patient's right),
+  a small elastic deformation (smooth random displacement of at most 1-4 mm, image linear, labels
+  nearest, ``scipy.ndimage.map_coordinates``), a small in-plane rotation, a blur or a sharpening
+  kernel, now and then thicker slices (pairs of slices averaged) and added noise. What was applied
+  is recorded in the case's info (logged). One seed, one case; the same seed gives the same case.
+
+``exclude`` (real patient ids, ``training.real_cases.parse_patients``) leaves a patient's
+backgrounds out (leave-one-patient-out).
 
 ``hybrid_seg_cases`` writes them to a cache folder as NIfTI (image + truth) and returns
 ``segmenter_data.SegCase`` rows grouped by the real patient, so a split by ``group`` keeps each
@@ -28,23 +35,27 @@ real patient on one side.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.masks import swap_left_right
 from CovidCTAnalysisLib.phantom.canvas import Canvas, SmoothField, tube_weight
 from CovidCTAnalysisLib.phantom.lesions import Lesion, paint_lesion
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 from scipy import ndimage as ndi
 
-HYBRID_VERSION = "1"  # bump when a (background, kind, seed) case changes: the cache keys on it
+from training.real_cases import covid_ct_md_sample
+
+HYBRID_VERSION = "2"  # bump when a (background, kind, seed) case changes: the cache keys on it
 KINDS = ("covid", "pneumonia")
 MIN_CLEAR_SLICES = 12
 LOWPASS_SIGMA_MM = 2.0  # what the lesion replaces; finer detail (noise, small vessels) shows through
 BRONCHOGRAM_HU = -900.0
+ELASTIC_MAX_MM = (1.0, 4.0)  # range of the largest displacement of the elastic deformation
+ELASTIC_CONTROL_MM = 40.0  # spacing of the random displacement's control points (its smoothness)
 
 
 @dataclass(frozen=True)
@@ -70,22 +81,20 @@ def clear_runs(slice_labels: list[int], min_len: int = MIN_CLEAR_SLICES) -> list
     return runs
 
 
-def real_backgrounds(shared_data: Path) -> list[Background]:
-    """normal001 whole plus the clear runs of P001 and cap001 that hold lung."""
-    folder = Path(shared_data) / "covid-ct-md"
-    cases = json.loads((folder / "labels.json").read_text())["cases"]
+def real_backgrounds(shared_data: Path, exclude: frozenset[str] | set[str] = frozenset()) -> list[Background]:
+    """normal001 whole plus the clear runs of P001 and cap001 that hold lung, minus ``exclude``'s patients."""
     out = []
-    for patient, info in cases.items():
-        image = sitk.ReadImage(str(folder / info["file"]))
+    for real in covid_ct_md_sample(Path(shared_data), exclude):
+        image = sitk.ReadImage(str(real.image_path))
         lungs = segment_lungs(image)
-        labels = info.get("slice_infection_label_by_nifti_z")
-        runs = clear_runs(labels) if labels else [(0, image.GetSize()[2])]
+        labels = real.slice_labels
+        runs = clear_runs(list(real.labels_or_clear(image.GetSize()[2])))
         lung_z = sitk.GetArrayViewFromImage(lungs).any(axis=(1, 2))
         for z0, z1 in runs:
             if lung_z[z0:z1].sum() < MIN_CLEAR_SLICES:
                 continue
-            name = patient if labels is None else f"{patient}-z{z0}-{z1 - 1}"
-            out.append(Background(name, patient, image[:, :, z0:z1], lungs[:, :, z0:z1]))
+            name = real.patient if labels is None else f"{real.patient}-z{z0}-{z1 - 1}"
+            out.append(Background(name, real.patient, image[:, :, z0:z1], lungs[:, :, z0:z1]))
     return out
 
 
@@ -200,10 +209,42 @@ def paint_lesions(image: sitk.Image, lungs: sitk.Image, kind: str, seed: int) ->
     return np.where(canvas.hu != low, canvas.hu + high, hu), canvas.label, count
 
 
+def flip_left_right(hu: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror (z, y, x) arrays along x and swap labels 1/2, so that label 1 stays the patient's left lung.
+
+    The backgrounds are axis-aligned (``_canvas`` refuses others), so array x is the patient's left-right axis."""
+    return np.ascontiguousarray(hu[:, :, ::-1]), swap_left_right(np.ascontiguousarray(labels[:, :, ::-1]))
+
+
+def elastic(hu: np.ndarray, labels: np.ndarray, spacing_zyx, rng: np.random.Generator,
+            max_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random displacement whose largest component is ``max_mm``: image linear, labels nearest.
+
+    Random control values every ``ELASTIC_CONTROL_MM`` are zoomed up cubically to the grid (smooth);
+    both arrays are sampled at the same displaced points, so truth and HU stay aligned."""
+    coarse = tuple(max(2, int(np.ceil(n * s / ELASTIC_CONTROL_MM)) + 1) for n, s in zip(hu.shape, spacing_zyx, strict=True))
+    fields = [ndi.zoom(rng.normal(size=coarse), [n / c for n, c in zip(hu.shape, coarse, strict=True)], order=3,
+                       mode="nearest", grid_mode=True) for _ in range(3)]
+    peak = max(float(np.abs(f).max()) for f in fields) or 1.0
+    grid = np.indices(hu.shape, dtype=np.float32)
+    coords = [grid[k] + (fields[k][tuple(slice(0, n) for n in hu.shape)] * (max_mm / peak / spacing_zyx[k])).astype(
+        np.float32) for k in range(3)]
+    del grid
+    hu = ndi.map_coordinates(hu, coords, order=1, mode="nearest").astype(np.float32)
+    labels = ndi.map_coordinates(labels, coords, order=0, mode="nearest").astype(labels.dtype)
+    return hu, labels
+
+
 def augment(hu: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Seeded in-plane rotation (+-8 deg), noise, blur or sharpening, and now and then 2x thicker slices."""
-    info: dict = {"rotation_deg": round(float(rng.uniform(-8.0, 8.0)), 2)}
+    """Seeded left-right mirror (half the time), elastic deformation, in-plane rotation (+-8 deg), blur or
+    sharpening, now and then 2x thicker slices, and noise; the info says what was applied."""
+    info: dict = {"flipped_left_right": bool(rng.random() < 0.5)}
+    if info["flipped_left_right"]:
+        hu, labels = flip_left_right(hu, labels)
+    info["elastic_max_mm"] = round(float(rng.uniform(*ELASTIC_MAX_MM)), 2)
+    hu, labels = elastic(hu, labels, spacing_zyx, rng, info["elastic_max_mm"])
+    info["rotation_deg"] = round(float(rng.uniform(-8.0, 8.0)), 2)
     hu = ndi.rotate(hu, info["rotation_deg"], axes=(1, 2), reshape=False, order=1, mode="nearest")
     labels = ndi.rotate(labels, info["rotation_deg"], axes=(1, 2), reshape=False, order=0, mode="constant")
     kernel = rng.choice(["none", "blur", "sharpen"])
@@ -212,9 +253,9 @@ def augment(hu: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float,
         smooth = ndi.gaussian_filter(hu, [0.0, amount, amount])
         hu = smooth if kernel == "blur" else hu + 0.8 * (hu - smooth)
     info["kernel"] = f"{kernel} {amount:.2f}" if kernel != "none" else "none"
-    if rng.random() < 0.3 and hu.shape[0] >= 4:  # thicker slices: average neighbouring pairs along z
+    info["thick_slices"] = bool(rng.random() < 0.3 and hu.shape[0] >= 4)
+    if info["thick_slices"]:  # average neighbouring pairs along z
         hu = 0.5 * (hu + np.concatenate([hu[1:], hu[-1:]]))
-        info["thick_slices"] = True
     info["noise_sd_hu"] = round(float(rng.uniform(0.0, 25.0)), 1)
     hu = hu + rng.normal(0.0, info["noise_sd_hu"], hu.shape).astype(np.float32)
     return hu, labels, info
@@ -234,14 +275,16 @@ def make_hybrid(background: Background, kind: str, seed: int) -> tuple[sitk.Imag
     return image, truth, info
 
 
-def hybrid_seg_cases(shared_data: Path, kinds: list[str], seeds: list[int], cache_dir: Path, log=None) -> list:
-    """Segmenter cases (``segmenter_data.SegCase``) for every background x kind x seed, cached as NIfTI."""
+def hybrid_seg_cases(shared_data: Path, kinds: list[str], seeds: list[int], cache_dir: Path, log=None,
+                     exclude: frozenset[str] | set[str] = frozenset()) -> list:
+    """Segmenter cases (``segmenter_data.SegCase``) for every background x kind x seed, cached as NIfTI;
+    ``exclude``'s real patients left out."""
     from training.segmenter_data import SegCase
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cases = []
-    for background in real_backgrounds(shared_data):
+    for background in real_backgrounds(shared_data, exclude):
         for kind in kinds:
             for seed in seeds:
                 stem = cache_dir / f"hybrid_v{HYBRID_VERSION}_{background.case_id}_{kind}_{seed}"

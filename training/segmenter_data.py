@@ -24,6 +24,8 @@
 ``hybrids``      Real lesion-free CT from ``../shared/data`` (COVID-CT-MD normal001, the clear slices of
     P001 and cap001) with synthetic lesions painted in (``training.hybrid_cases.hybrid_seg_cases``);
     lung labels from the threshold method, lesion truth exact; grouped by real patient.
+``weak``         The real COVID-CT-MD sample with labels from its slice labels: threshold lungs on clear slices,
+    ``IGNORE_LABEL`` on infected ones (``training.segmenter_mix``; source "weak": only these may hold 255).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from CovidCTAnalysisLib.masks import sides_reversed, swap_left_right
 
 from training.phantom_cache import phantom_set
 
+IGNORE_LABEL = 255  # "unknown here": weak labels (training.segmenter_mix) mark unlabelled voxels; the loss skips them
 RADIOPAEDIA_WINDOW = (-1250.0, 250.0)  # Ma et al. README: lung window then scaled to 0..255
 # Model channel names per mask kind (the core's model_folder matches these names).
 CHANNEL_NAMES = {
@@ -149,8 +152,10 @@ def read_label(case: SegCase, n_labels: int, sides: str = "warn") -> sitk.Image:
     """The label image in model channels; ``sides``: warn | fix (swap 1/2) | off."""
     lab = sitk.Cast(read_image_file(Path(case.label), "label"), sitk.sitkUInt8)
     arr = sitk.GetArrayFromImage(lab)
-    if arr.max() >= n_labels:
-        raise ValueError(f"{case.label} has label {int(arr.max())}; a {n_labels}-label model expects 0..{n_labels - 1}")
+    known = arr[arr != IGNORE_LABEL] if case.source == "weak" else arr
+    if known.size and known.max() >= n_labels:
+        raise ValueError(f"{case.label} has label {int(known.max())}; a {n_labels}-label model expects 0..{n_labels - 1}"
+                         + (f" (and {IGNORE_LABEL}: ignore)" if case.source == "weak" else ""))
     if case.lungs_labelled and sides != "off":
         problem = check_sides(lab, case.case_id)
         if problem:

@@ -3,6 +3,8 @@
     python -m training.train_segmenter --dataset phantoms --phantom-seeds 0-9 --output-dir /tmp/seg
     python -m training.train_segmenter --dataset covid-ct-seg --data-root /data/COVID-19-CT-Seg --output-dir out
     python -m training.train_segmenter --dataset covid-19-20 --data-root /data/COVID-19-20 --output-dir out
+    python -m training.train_segmenter --dataset phantoms,hybrids,weak --real-data ../shared/data \
+        --real-exclude P001 --output-dir out   # a mix (training.segmenter_mix); P001 left out (LOPO)
     torchrun --nproc_per_node 2 -m training.train_segmenter ... --device cpu   # DDP (gloo on CPU)
 
 The network is the core's ``build_segmenter``; inputs come from the core's
@@ -25,6 +27,7 @@ from CovidCTAnalysisLib.models.transforms import get_segmenter_transforms, roi_s
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training import segmenter_data as sdata
+from training import segmenter_mix as smix
 from training.common import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
@@ -44,10 +47,12 @@ from training.common import (
 )
 from training.phantom_cache import parse_seeds
 from training.segmenter_prepare import prepare_case
-from training.splits import DEFAULT_TRAIN_FRACTION, split_cases
+from training.splits import DEFAULT_TRAIN_FRACTION
 from training.train_classifier import RUN_FILE, make_optimizer
 
 PAPER_LR = {2: 5e-4, 4: 1e-4}
+SINGLE_LAYOUTS = ("covid-ct-seg", "covid-19-20")
+REAL_PARTS = ("hybrids", "weak")
 
 
 def _triple(text: str, flag: str) -> list[float]:
@@ -62,9 +67,13 @@ def _triple(text: str, flag: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train_segmenter", description=__doc__.split("\n")[0])
     g = p.add_argument_group("dataset")
-    g.add_argument("--dataset", required=True, choices=["covid-ct-seg", "covid-19-20", "phantoms", "hybrids"],
-                   help="hybrids: real CT backgrounds from --data-root (../shared/data) with synthetic lesions")
-    g.add_argument("--data-root")
+    g.add_argument("--dataset", required=True,
+                   help="covid-ct-seg | covid-19-20 (with --data-root), or a comma list of parts from phantoms, "
+                        "hybrids (real CT backgrounds with synthetic lesions), weak (the real COVID-CT-MD sample with "
+                        "slice labels as lesion-free constraints, training.segmenter_mix)")
+    g.add_argument("--data-root", help="covid-ct-seg / covid-19-20 root; for hybrids the old name of --real-data")
+    g.add_argument("--real-data", help="the shared-data root (../shared/data) for hybrids and weak")
+    g.add_argument("--real-exclude", default="", help="real patients left out of hybrids and weak, e.g. P001")
     g.add_argument("--layout", default="auto", choices=["auto", "zenodo", "kaggle"], help="covid-ct-seg layout")
     g.add_argument("--mask-kind", default="lung_and_infection", choices=sorted(sdata.CHANNEL_NAMES),
                    help="covid-ct-seg masks: 4 labels (default), lungs only, or infection only")
@@ -116,30 +125,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_cases(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
     """Cases, a description for the metadata, and the mask kind (which fixes the labels)."""
-    if args.dataset == "phantoms":
-        kinds = [k.strip() for k in args.phantom_kinds.split(",") if k.strip()]
-        cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
-        cases = sdata.phantom_seg_cases(kinds, parse_seeds(args.phantom_seeds), cache, args.phantom_spacing, log)
-        return cases, {"name": "synthetic chest phantoms (CovidCTAnalysisLib.phantom.generator)", "kinds": kinds,
-                       "seeds": args.phantom_seeds, "spacing_mm": args.phantom_spacing}, "lung_and_infection"
+    if args.dataset not in SINGLE_LAYOUTS:
+        return load_mix(args, log)
     if not args.data_root:
         raise SystemExit("--data-root is required for this --dataset")
-    if args.dataset == "hybrids":
-        from training.hybrid_cases import HYBRID_VERSION, hybrid_seg_cases
-
-        kinds = [k.strip() for k in args.hybrid_kinds.split(",") if k.strip()]
-        cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
-        cases = hybrid_seg_cases(Path(args.data_root), kinds, parse_seeds(args.hybrid_seeds), cache, log)
-        return cases, {"name": "hybrids: lesion-free real CT (COVID-CT-MD normal001, clear slices of P001 and "
-                               "cap001) with synthetic lesions (training.hybrid_cases)", "kinds": kinds,
-                       "seeds": args.hybrid_seeds, "version": HYBRID_VERSION, "root": str(args.data_root)}, \
-            "lung_and_infection"
     if args.dataset == "covid-ct-seg":
         cases = sdata.covid_ct_seg_cases(Path(args.data_root), args.layout, args.mask_kind)
         return cases, {"name": "COVID-19-CT-Seg (Ma et al. 2021, doi:10.5281/zenodo.3757476)",
                        "root": str(args.data_root), "layout": args.layout, "masks": args.mask_kind}, args.mask_kind
     cases = sdata.covid19_20_cases(Path(args.data_root))
     return cases, {"name": "COVID-19-20 challenge", "root": str(args.data_root)}, "infection"
+
+
+def load_mix(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
+    """``--dataset`` as a comma list of parts (phantoms, hybrids, weak): the cases and, per part, what went in."""
+    from training.classifier_mix import parse_parts
+    from training.real_cases import parse_patients
+
+    try:
+        parts = parse_parts(args.dataset)
+        excluded = parse_patients(args.real_exclude)
+    except ValueError as e:
+        raise SystemExit(f"{e}; or one of {list(SINGLE_LAYOUTS)}") from e
+    real_root = args.real_data or args.data_root  # --data-root: the name hybrids had before --real-data
+    if any(p in REAL_PARTS for p in parts) and not real_root:
+        raise SystemExit(f"--dataset {args.dataset}: hybrids and weak need --real-data (the ../shared/data folder)")
+    if excluded and not any(p in REAL_PARTS for p in parts):
+        raise SystemExit(f"--real-exclude {args.real_exclude}: only hybrids and weak hold real patients")
+    cache = Path(args.cache_dir or Path(args.output_dir) / "cache")
+    cases, mix = [], {}
+    for part in parts:
+        if part == "phantoms":
+            kinds = [k.strip() for k in args.phantom_kinds.split(",") if k.strip()]
+            got = sdata.phantom_seg_cases(kinds, parse_seeds(args.phantom_seeds), cache, args.phantom_spacing, log)
+            mix[part] = smix.part_summary(got, (), name="synthetic chest phantoms (CovidCTAnalysisLib.phantom.generator)",
+                                          kinds=kinds, seeds=args.phantom_seeds, spacing_mm=args.phantom_spacing)
+        elif part == "hybrids":
+            from training.hybrid_cases import HYBRID_VERSION, hybrid_seg_cases
+
+            kinds = [k.strip() for k in args.hybrid_kinds.split(",") if k.strip()]
+            got = hybrid_seg_cases(Path(real_root), kinds, parse_seeds(args.hybrid_seeds), cache, log, exclude=excluded)
+            mix[part] = smix.part_summary(got, excluded, name="hybrids: lesion-free real CT (COVID-CT-MD normal001, "
+                                          "clear slices of P001 and cap001) with synthetic lesions "
+                                          "(training.hybrid_cases)", kinds=kinds, seeds=args.hybrid_seeds,
+                                          version=HYBRID_VERSION, root=str(real_root))
+        else:
+            got = smix.weak_seg_cases(Path(real_root), cache, excluded, log)
+            mix[part] = smix.part_summary(got, excluded, name="weak: COVID-CT-MD sample, threshold lungs on slices "
+                                          "labelled clear, infected slices ignored (training.segmenter_mix)",
+                                          version=smix.WEAK_VERSION, root=str(real_root))
+        cases += got
+    desc = {"name": "+".join(parts), "mix": mix, "real_excluded": sorted(excluded)}
+    if len(parts) == 1:
+        desc.update({k: v for k, v in mix[parts[0]].items() if k not in ("cases", "patients")})
+    return cases, desc, "lung_and_infection"
 
 
 def overlay_image(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -213,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                "roi_size": [int(v) for v in _triple(args.roi, "--roi")], "hu_range": [lo, hi],
                                "sw_overlap": args.sw_overlap, "sw_batch_size": 1, "margin_mm": args.margin_mm})
     lr = args.lr if args.lr is not None else PAPER_LR.get(n_labels, 1e-4)
-    split = split_cases([c.case_id for c in cases], [c.group for c in cases], None, args.train_fraction, args.seed)
+    split = smix.split_real_in_training(cases, args.train_fraction, args.seed)  # real patients train (segmenter_mix)
     ctx.log("data", f"{len(cases)} cases: {len(split.train)} train / {len(split.val)} validation (by patient)")
     by_id = {c.case_id: c for c in cases}
     prepared = {}
@@ -227,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                                         lr_flip_prob=0.5 if n_labels == 4 else 0.0)
     if args.lesion_crop_ratio > 0:
         train_tf = class_weighted_crops(train_tf, prep, n_labels, args.num_samples, args.lesion_crop_ratio)
+    has_ignore = any(c.source == "weak" for c in cases)  # weak labels hold sdata.IGNORE_LABEL
+    if has_ignore:
+        train_tf = smix.ignore_aware_crops(train_tf)
     train_ds = CacheDataset([prepared[c] for c in split.train], transform=train_tf, cache_rate=1.0,
                             num_workers=0, progress=False)
     sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed) \
@@ -246,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.lr_schedule == "cosine" else None
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = smix.MaskedDiceCELoss() if has_ignore else DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_name = f"MaskedDiceCELoss(softmax, ignore {sdata.IGNORE_LABEL})" if has_ignore else "DiceCELoss(softmax)"
     out = ctx.output_dir
     start, best, history = 0, None, []
     if args.resume:
@@ -321,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                          "batch_size": args.batch_size, "num_samples": args.num_samples,
                          "optimizer": args.optimizer, "lr": lr,
                          "momentum": args.momentum if args.optimizer == "sgd" else None,
-                         "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax)",
+                         "weight_decay": args.weight_decay, "loss": loss_name,
                          "lr_schedule": args.lr_schedule, "precision": args.precision,
                          "sampling": (f"RandCropByLabelClassesd ratios 1:1:1:{args.lesion_crop_ratio:g}"
                                       if args.lesion_crop_ratio > 0 and n_labels == 4
