@@ -147,7 +147,7 @@ def training_args(kind: str, real_data: Path | None = None, real_exclude=(), qui
         data = ["--dataset", "phantoms,hybrids,weak", "--real-data", str(real_data)]
         if exclude:
             data += ["--real-exclude", ",".join(exclude)]
-        if quick and kind == "segmenter":
+        if quick:  # one lesion seed per real background (both trainers share the hybrid cache)
             data += ["--hybrid-seeds", "0"]
     recipe = CLASSIFIER_ARGS if kind == "classifier" else SEGMENTER_ARGS
     return [*data, "--phantom-seeds", seeds, "--phantom-kinds", PHANTOM_KINDS, *recipe,
