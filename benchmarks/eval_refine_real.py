@@ -32,7 +32,8 @@ make the lesion-slice sensitivity and specificity better?
 
     python -m benchmarks.eval_refine_real --models-dir DIR [--method threshold|model] [--threads 1]
 
-``DIR`` must hold an interactive model (see README, "Correcting lesions with clicks").
+``DIR`` must hold an interactive model (see README, "Correcting lesions with clicks"). ``benchmarks/results/``
+is not committed; README's picture is a copy, ``Resources/Screenshots/refine_real_p001.png``.
 """
 
 from __future__ import annotations
@@ -234,6 +235,11 @@ def evaluate(image_path: Path, slice_labels, work: Path, *, method: str = "thres
         "before": {**scores(pos_before, truth, lung_slices), "lesion_ml": round(_lesion_ml(rep_before), 1)},
         "after": {**scores(pos_after, truth, lung_slices), "lesion_ml": round(_lesion_ml(rep_after), 1)},
         "add_rule_check_on_detected_slices": add_rule_check(hu, before, truth, spacing),
+        "slices_flipped": {
+            "to_positive_labelled_infected": np.nonzero(~pos_before & pos_after & truth)[0].tolist(),
+            "to_positive_labelled_clear": np.nonzero(~pos_before & pos_after & ~truth)[0].tolist(),
+            "to_negative_labelled_clear": np.nonzero(pos_before & ~pos_after & ~truth)[0].tolist(),
+            "to_negative_labelled_infected": np.nonzero(pos_before & ~pos_after & truth)[0].tolist()},
         "changed_voxels": int(np.sum(before != after)),
         "non_lesion_labels_unchanged_outside_lesion": bool(np.array_equal(before > 0, after > 0)),
         "analysis_models": [m for m in rep_before.get("models", [])],
@@ -279,6 +285,8 @@ def save_preview(kept: dict, result: dict, path: Path, max_slices: int = 5) -> P
             labels = kept[key][z][box]
             ax.contour(labels > 0, [0.5], colors="yellow", linewidths=0.5)  # lungs: outline only, lesion filled
             ax.imshow(_overlay(np.where(labels == LESION, LESION, 0)), aspect=sy / sx, interpolation="nearest")
+            if (labels == LESION).any():
+                ax.contour(labels == LESION, [0.5], colors="red", linewidths=0.8)
             ax.plot(x - box[1].start, y - box[0].start, "+" if c.kind == ADD else "x", ms=14, mew=2.5,
                     color="lime" if c.kind == ADD else "blue")
             positive = kept["pos_" + key][z]
@@ -293,7 +301,7 @@ def save_preview(kept: dict, result: dict, path: Path, max_slices: int = 5) -> P
         f"refined with {model.get('id')} v{model.get('version')}\n"
         f"lesion-slice sensitivity {b['sensitivity']:.2f} -> {a['sensitivity']:.2f}, specificity "
         f"{b['specificity']:.2f} -> {a['specificity']:.2f}, lesion {b['lesion_ml']} -> {a['lesion_ml']} mL "
-        "(lungs outlined yellow, lesion filled)", fontsize=9)
+        "(lungs outlined yellow, lesion red)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=80)
     plt.close(fig)
