@@ -9,7 +9,9 @@
    backgrounds with synthetic lesions) and weak labels (the radiologists' slice labels); export them as model
    folders with their training mix and input profile (``training.input_profile``) in the metadata, choose the classifier's slice aggregation on its validation patients (training seeds,
    ``training.tune_aggregation``), evaluate them on phantoms whose seeds were never used in training (100-104) with
-   ``training.evaluate`` (the metrics go into their metadata) and install them.
+   ``training.evaluate`` (the metrics go into their metadata) and install them. Then, unless it is installed
+   already, the interactive model (``training.demo_interactive``): trained with simulated clicks, measured by the
+   robot user from an empty start and from the demo segmenter's output, installed for ``covidct refine``.
 2. Make a fresh phantom (seed 2026) and run ``covidct analyze`` on it; print the summary.
 
 Work files go to ``$COVIDCT_DEMO_DIR`` (default ``<repo>/.demo``). Every step prints a
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from training import demo_interactive
 from training.common import REPO_ROOT, write_json
 from training.real_cases import covid_ct_md_sample, parse_patients
 
@@ -300,23 +303,30 @@ def main(argv: list[str] | None = None) -> int:
     version = QUICK_VERSION if args.quick else DEMO_VERSION
     todo = [k for k, mid in (("classifier", CLASSIFIER_ID), ("segmenter", SEGMENTER_ID))
             if args.retrain or installed(registry, mid, version) is None]
-    steps = Steps(total=sum(6 if k == "classifier" else 5 for k in todo) + 2)
+    interactive = args.retrain or installed(registry, demo_interactive.INTERACTIVE_ID, version) is None
+    steps = Steps(total=sum(6 if k == "classifier" else 5 for k in todo) + 4 * interactive + 2)
     print(f"==> demo: models in {registry.root}; work files in {work}. Research use, not for diagnosis.", flush=True)
     if real_data is None:
         print("==> demo: no real CTs (--real-data): the models train on synthetic phantoms only", flush=True)
     else:
         print(f"==> demo: training on phantoms plus the real CTs of {real_data} (hybrids: real backgrounds with "
               f"synthetic lesions; weak: slice labels; patients {real_patients(real_data)})", flush=True)
-    if not todo:
+    if not todo and not interactive:
         print("==> demo models already installed (use --retrain to train them again)", flush=True)
     for kind in todo:
         train_seeds = QUICK["train_seeds"] if args.quick else TRAIN_SEEDS[kind]
         train_and_install(kind, steps, work, registry, train_seeds, eval_seeds, [], cache, version,
                           real_data=real_data, quick=args.quick)
+    if interactive:  # after the segmenter: its output is the robot user's automatic start
+        demo_interactive.train_and_install_interactive(
+            steps, work, registry, QUICK["train_seeds"] if args.quick else demo_interactive.TRAIN_SEEDS, eval_seeds,
+            cache, version, SEGMENTER_ID, quick=args.quick)
     for mid in (CLASSIFIER_ID, SEGMENTER_ID):
         meta = installed(registry, mid, version)
         if meta is not None:
             print_metrics(meta)
+    if (meta := installed(registry, demo_interactive.INTERACTIVE_ID, version)) is not None:
+        demo_interactive.print_robot_user(meta)
     steps.start("phantom", f"making a fresh phantom (covid, seed {ANALYSIS_SEED}) to analyse")
     from CovidCTAnalysisLib.phantom.generator import make_phantom, write_phantom
 
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                   "--reference", str(files["truth"]), "--models-dir", str(registry.root), "--progress", "plain",
                   "--classifier", f"{CLASSIFIER_ID}@{version}", "--segmenter", f"{SEGMENTER_ID}@{version}"])
     steps.finish()
-    timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1), "trained": todo,
+    timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1),
+               "trained": todo + ["interactive"] * interactive,
                "threads": torch.get_num_threads()}
     write_json(work / "timings.json", timings)
     with open(work / "timings-history.jsonl", "a") as f:  # every run, so a later quick run keeps the first
