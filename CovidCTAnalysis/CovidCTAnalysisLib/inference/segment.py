@@ -116,13 +116,19 @@ def _separable_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, s
         pos = np.sort(pos)  # the view runs towards +LPS
         weights.append(_linear_weights(pos, grid.GetOrigin()[lps], grid.GetSpacing()[lps], grid.GetSize()[lps]))
     p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+    # Two channels (the interactive model): the argmax is the sign of their difference, and linear interpolation
+    # commutes with differences, so one map is interpolated instead of two (a third of a click's time went here).
+    two = p.shape[0] == 2
+    if two:
+        p = (p[1] - p[0])[None]
     (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = weights
     p = torch.lerp(p[..., x0], p[..., x1], wx)  # x first, on the coarse z/y: small
     for start in range(0, view.shape[0], slab):
         sl = slice(start, min(start + slab, view.shape[0]))
         a = torch.lerp(p[:, z0[sl]], p[:, z1[sl]], wz[sl].view(1, -1, 1, 1))
         a = torch.lerp(a[:, :, y0], a[:, :, y1], wy.view(1, 1, -1, 1))
-        view[sl] = np.argmax(a.numpy(), axis=0)  # numpy's argmax over the channel axis is ~ 7x torch's here
+        # numpy's argmax over the channel axis is ~ 7x torch's here; ties go to channel 0 both ways
+        view[sl] = (a[0] > 0).numpy() if two else np.argmax(a.numpy(), axis=0)
     return out
 
 

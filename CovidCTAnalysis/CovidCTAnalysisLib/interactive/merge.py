@@ -20,6 +20,7 @@ from CovidCTAnalysisLib.interactive.clicks import LUNG_LABELS
 from CovidCTAnalysisLib.interactive.roi import Box
 
 RULES = ("redraw", "click_kind")
+NEAR_VOXELS = 4  # margin around the removed voxels where their nearest lung voxel is looked for first
 
 
 def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box, only: str | None = None) -> int:
@@ -45,15 +46,22 @@ def merge_lesion(labels: np.ndarray, lesion_in_box: np.ndarray, box: Box, only: 
 def _nearest_lung(labels: np.ndarray, box: Box, remove: np.ndarray) -> np.ndarray:
     """Left or right lung label of the nearest lung voxel, for each voxel of ``remove`` (in the box).
 
-    Looks in the box itself first (cheap: a distance transform with indices over a few million voxels took
-    seconds), then the box grown by half its size, then the whole labelmap;
-    ``BACKGROUND`` when the labelmap has no lung at all (a lesion-only segmentation).
+    Looks around the removed voxels first (their bounding box grown by ``NEAR_VOXELS``), then in the box
+    itself, then the box grown by half its size, then the whole labelmap (cheap first: a distance transform
+    with indices took ~0.9 s over a 100 mm box of a 0.7 mm scan, a third of a click, and seconds over millions
+    of voxels); ``BACKGROUND`` when the labelmap has no lung at all (a lesion-only segmentation).
     """
     x0, y0, z0, x1, y1, z1 = box
     shape = labels.shape
-    for grow in (0.0, 0.5, None):
+    zz, yy, xx = np.nonzero(remove)
+    near = ((int(zz.min()) + z0, int(yy.min()) + y0, int(xx.min()) + x0),
+            (int(zz.max()) + z0 + 1, int(yy.max()) + y0 + 1, int(xx.max()) + x0 + 1))
+    for grow in ("near", 0.0, 0.5, None):
         if grow is None:
             lo, hi = (0, 0, 0), shape
+        elif grow == "near":
+            lo = tuple(max(a - NEAR_VOXELS, 0) for a in near[0])
+            hi = tuple(min(b + NEAR_VOXELS, n) for b, n in zip(near[1], shape, strict=True))
         else:
             g = [int((b - a) * grow) + 1 for a, b in ((z0, z1), (y0, y1), (x0, x1))]
             lo = (max(z0 - g[0], 0), max(y0 - g[1], 0), max(x0 - g[2], 0))
@@ -62,7 +70,6 @@ def _nearest_lung(labels: np.ndarray, box: Box, remove: np.ndarray) -> np.ndarra
         sided = (region == LEFT_LUNG) | (region == RIGHT_LUNG)
         if sided.any():
             _, nearest = ndimage.distance_transform_edt(~sided, return_indices=True)
-            zz, yy, xx = np.nonzero(remove)
-            zz, yy, xx = zz + z0 - lo[0], yy + y0 - lo[1], xx + x0 - lo[2]
-            return region[nearest[0][zz, yy, xx], nearest[1][zz, yy, xx], nearest[2][zz, yy, xx]]
+            rz, ry, rx = zz + z0 - lo[0], yy + y0 - lo[1], xx + x0 - lo[2]
+            return region[nearest[0][rz, ry, rx], nearest[1][rz, ry, rx], nearest[2][rz, ry, rx]]
     return np.full(int(remove.sum()), BACKGROUND, dtype=labels.dtype)
