@@ -124,7 +124,8 @@ def test_mix_trains_end_to_end_with_real_patients_in_training(shared_data, tmp_p
         "--spacing", "6", "--roi", "24,24,16", "--batch-size", "2", "--channels", "2,4", "--strides", "2",
         "--num-res-units", "0", "--lesion-crop-ratio", "3", "--train-fraction", "0.67"]) == 0
     run = json.loads((out / "run.json").read_text())
-    mix = run["dataset"]["mix"]
+    mix = run["dataset"]["mix"]["parts"]  # the classifier's shape (classifier_mix.mix_summary)
+    assert run["dataset"]["mix"]["real_excluded"] == ["cap001", "normal001"]
     assert list(mix) == ["phantoms", "hybrids", "weak"]
     assert mix["weak"]["patients"] == ["real-P001"] and mix["weak"]["cases"] == 1
     assert mix["hybrids"]["patients"] == ["real-P001"] and mix["hybrids"]["version"] == hy.HYBRID_VERSION

@@ -175,7 +175,9 @@ def load_mix(args, log=None) -> tuple[list[sdata.SegCase], dict, str]:
                                           "labelled clear, infected slices ignored (training.segmenter_mix)",
                                           version=smix.WEAK_VERSION, root=str(real_root))
         cases += got
-    desc = {"name": "+".join(parts), "mix": mix, "real_excluded": sorted(excluded)}
+    # the same shape as the classifier's (classifier_mix.mix_summary): {"parts": {part: ...}, "real_excluded": [...]}
+    desc = {"name": "+".join(parts), "mix": {"parts": mix, "real_excluded": sorted(excluded)},
+            "real_excluded": sorted(excluded)}
     if len(parts) == 1:
         desc.update({k: v for k, v in mix[parts[0]].items() if k not in ("cases", "patients")})
     return cases, desc, "lung_and_infection"
