@@ -73,7 +73,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--real-exclude", default="",
                    help="real patients to leave out of hybrids and weak, e.g. P001 (leave-one-patient-out)")
     g.add_argument("--hybrid-kinds", default="covid,pneumonia")
-    g.add_argument("--hybrid-seeds", default="0-1", help="lesion seeds per real background (part hybrids)")
+    g.add_argument("--hybrid-seeds", default="0", help="lesion seeds per real background (part hybrids; 0 gives 10 cases, ~160 slices at --max-slices-per-case 12)")
     g.add_argument("--lung-mask", default="threshold", choices=["threshold", "truth"],
                    help="lung box for cropping: the core's threshold method (as at inference) or phantom truth")
     g.add_argument("--max-slices-per-case", type=int, default=None,
