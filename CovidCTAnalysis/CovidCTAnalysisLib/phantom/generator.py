@@ -256,8 +256,8 @@ def _acquire(hu: np.ndarray, grid: _Grid, rng: np.random.Generator, noise_sd: fl
 
     CT noise is correlated within a slice by the reconstruction kernel: white noise filtered in the
     patient's axial plane with a Gaussian of ``noise_corr`` voxels, scaled so its SD is ``noise_sd``.
-    0.62-0.72 voxels puts the texture measure of ``results.plausibility.input_profile`` at 1.36-1.50 on
-    phantoms, inside the real scans' 1.35-1.53 (``benchmarks/eval_phantom_realism.py``); noise blurred
+    0.62-0.72 voxels puts the texture measure of ``results.plausibility.input_profile`` at 1.33-1.50 on
+    phantoms, inside the real scans' 1.35-1.55 (``benchmarks/eval_phantom_realism.py``); noise blurred
     with the anatomy by the PSF, as before version 9, gave 1.06-1.16. Works in place on ``hu`` (float32, (z, y, x)).
     """
     ndimage.gaussian_filter(hu, _blur_sigmas(grid.spacing[::-1]), truncate=3.0, output=hu, mode="nearest")

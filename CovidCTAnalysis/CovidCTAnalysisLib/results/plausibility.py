@@ -79,7 +79,7 @@ def input_profile(image: sitk.Image, lungs: sitk.Image) -> dict[str, float]:
     out = {f"lung_hu_p{p}": round(float(v), 1) for p, v in zip(PERCENTILES, pct, strict=True)}
     out["noise_hu"] = round(float(spread[0] / np.sqrt(2.0)), 1)
     # Texture: 1.0 for white noise, more when the kernel correlates neighbouring voxels (real CT ~1.35-1.5,
-    # the phantoms 1.36-1.5 since generator version 9, ~1.1 before; benchmarks/eval_phantom_realism.py).
+    # the phantoms 1.33-1.5 since generator version 9, ~1.1 before; benchmarks/eval_phantom_realism.py).
     out["noise_texture"] = round(float(spread[1] / max(spread[0], 1e-6)), 3)
     out["lung_ml"] = round(float(lung.sum()) * float(np.prod(image.GetSpacing())) / 1000.0, 1)
     return out
