@@ -322,3 +322,25 @@ def test_refiner_rule_follows_the_click_kind():
     assert not (redrawn.labels == LESION).any()
     with pytest.raises(ValueError, match="rule"):
         Refiner(img, lab_img, loaded(), rule="bogus")
+
+
+def test_a_click_runs_its_network_on_one_torch_thread_and_restores_the_count():
+    img, labels = image(), chest_labels()
+    lab_img = sitk.GetImageFromArray(labels)
+    lab_img.CopyInformation(img)
+    seen = []
+
+    class Counting(torch.nn.Module):  # records the thread count the network runs with
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return torch.stack([torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Refiner(img, lab_img, loaded(module=Counting())).click(
+            Click("add", img.TransformIndexToPhysicalPoint((27, 15, 13)), "a"))
+        assert seen and set(seen) == {1}  # two threads took 1.06 s a click against 0.06 s (bench_refine)
+        assert torch.get_num_threads() == 2, "the caller's thread count comes back"
+    finally:
+        torch.set_num_threads(before)

@@ -37,6 +37,11 @@ from CovidCTAnalysisLib.models.folder import LoadedModel
 from CovidCTAnalysisLib.models.interactive_settings import interactive_settings
 from CovidCTAnalysisLib.models.transforms import segmenter_preprocess
 
+# A click's network runs on one ROI (40^3 voxels): measured on the 2-core machine (benchmarks/bench_refine.py,
+# 512x512x300, load 1.4-1.7), one torch thread took a median 0.06 s per click and two threads 1.06 s (intra-op
+# threads on tensors this small cost more than they give). So a click runs on CLICK_THREADS on the CPU.
+CLICK_THREADS = 1
+
 
 @dataclass(frozen=True)
 class RefineStep:
@@ -104,7 +109,13 @@ class Refiner:
         self.check([click])
         self.clicks.append(click)
         box = roi_box(self.image, [click.lps], self.roi_mm)
-        lesion, _ = self.lesion_probability(box)
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(CLICK_THREADS)
+        try:
+            lesion, _ = self.lesion_probability(box)
+        finally:
+            torch.set_num_threads(threads)
         changed = merge_lesion(self.labels, lesion, box, only=click.kind if self.rule == "click_kind" else None)
         return RefineStep(click, box, changed, time.perf_counter() - t)
 
