@@ -147,8 +147,9 @@ def load_eval_cases(args, meta_raw: dict, t0: float):
     def log(step: str, msg: str) -> None:
         _log(msg, t0)
 
-    ns = SimpleNamespace(**{**vars(args), "output_dir": str(cache.parent), "cache_dir": str(cache),
-                            "lung_mask": "threshold", "max_slices_per_case": None})
+    # The trainers' dataset loaders also read their real-data options (hybrids, weak); evaluation has no real part.
+    ns = SimpleNamespace(**{"real_data": None, "real_exclude": "", **vars(args), "output_dir": str(cache.parent),
+                            "cache_dir": str(cache), "lung_mask": "threshold", "max_slices_per_case": None})
     if task == "classification":
         from training.train_classifier import load_cases
 
