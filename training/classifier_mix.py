@@ -57,11 +57,8 @@ def hybrid_cases(shared_data: Path, kinds: list[str], seeds: list[int], cache_di
     unknown = [k for k in kinds if k not in KIND_TO_CLASS or KIND_TO_CLASS[k] == "Normal"]
     if unknown:
         raise ValueError(f"--hybrid-kinds {unknown}: expected lesion kinds 'covid' and/or 'pneumonia'")
-    excluded = {real_group(p) for p in exclude}
     cases = []
-    for seg in hybrid_seg_cases(Path(shared_data), kinds, seeds, cache_dir, log):
-        if seg.group in excluded:
-            continue
+    for seg in hybrid_seg_cases(Path(shared_data), kinds, seeds, cache_dir, log, exclude=exclude):
         kind = next(k for k in kinds if f"-{k}-" in seg.case_id)  # "hybrid-<background>-<kind>-<seed>"
         labels = lesion_slice_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(seg.label))))
         cases.append(ClassifierCase(patient_id=seg.case_id, class_index=class_index(KIND_TO_CLASS[kind]),
