@@ -66,6 +66,15 @@ def test_same_seed_same_case_other_seed_other_case(background):
     assert info["lesion_ml"] > 0 and info["patient"] == "phantom-4" and "noise_sd_hu" in info
 
 
+def test_one_seed_draws_differently_per_background(background):
+    """make demo paints one seed per background: the draws must differ between backgrounds (an unsalted
+    generator flipped every background alike and painted the same number of lesions into each)."""
+    infos = [hy.make_hybrid(hy.Background(f"bg-{i}", "phantom-4", background.image, background.lungs), "covid", 0)[2]
+             for i in range(6)]
+    assert len({i["flipped_left_right"] for i in infos}) == 2
+    assert len({(i["elastic_max_mm"], i["rotation_deg"], i["lesions"]) for i in infos}) == 6
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_backgrounds_hold_only_clear_slices(shared_data, tmp_path):

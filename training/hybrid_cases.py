@@ -35,6 +35,7 @@ real patient on one side.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from scipy import ndimage as ndi
 
 from training.real_cases import covid_ct_md_sample
 
-HYBRID_VERSION = "2"  # bump when a (background, kind, seed) case changes: the cache keys on it
+HYBRID_VERSION = "3"  # bump when a (background, kind, seed) case changes: the cache keys on it
 KINDS = ("covid", "pneumonia")
 MIN_CLEAR_SLICES = 12
 LOWPASS_SIGMA_MM = 2.0  # what the lesion replaces; finer detail (noise, small vessels) shows through
@@ -186,11 +187,14 @@ def _pneumonia(canvas: Canvas, rng: np.random.Generator, field: SmoothField) -> 
     return 1
 
 
-def paint_lesions(image: sitk.Image, lungs: sitk.Image, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(hu, labels, lesion count) with ``kind`` lesions painted into the lungs of a real CT (arrays z, y, x)."""
+def paint_lesions(image: sitk.Image, lungs: sitk.Image, kind: str, seed: int,
+                  salt: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """(hu, labels, lesion count) with ``kind`` lesions painted into the lungs of a real CT (arrays z, y, x).
+
+    ``salt`` (``make_hybrid``: from the background's id) makes one seed draw different lesions per background."""
     if kind not in KINDS:
         raise ValueError(f"hybrid kind {kind!r}; expected one of {KINDS}")
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    rng = np.random.default_rng([seed, KINDS.index(kind), salt])
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     labels = sitk.GetArrayFromImage(lungs)
     sigma = [LOWPASS_SIGMA_MM / s for s in image.GetSpacing()[::-1]]
@@ -263,8 +267,11 @@ def augment(hu: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float,
 
 def make_hybrid(background: Background, kind: str, seed: int) -> tuple[sitk.Image, sitk.Image, dict]:
     """One hybrid case: (int16 HU image, uint8 truth 1/2/3, info) on the background's grid."""
-    hu, labels, count = paint_lesions(background.image, background.lungs, kind, seed)
-    rng = np.random.default_rng([seed, 7, KINDS.index(kind)])
+    # Salted with the background: with one seed per background (make demo), an unsalted draw gave every
+    # background the same flip, elastic strength and lesion count.
+    salt = zlib.crc32(background.case_id.encode())
+    hu, labels, count = paint_lesions(background.image, background.lungs, kind, seed, salt)
+    rng = np.random.default_rng([seed, 7, KINDS.index(kind), salt])
     hu, labels, info = augment(hu, labels, background.image.GetSpacing()[::-1], rng)
     image = sitk.GetImageFromArray(np.clip(np.round(hu), -1024, 3071).astype(np.int16))
     truth = sitk.GetImageFromArray(labels.astype(np.uint8))
