@@ -128,6 +128,7 @@ def test_score_row_counts_slices_at_50_mm3():
 
 @pytest.mark.slow
 @pytest.mark.realdata
+@pytest.mark.timeout(1800)  # paints 6 hybrid cases and trains two quick models: ~5-13 min on 2 shared cores
 def test_lopo_quick_fold_end_to_end(shared_data, tmp_path):
     if not (shared_data / demo.REAL_INDEX).is_file():
         pytest.skip(f"{shared_data / demo.REAL_INDEX} is absent")
