@@ -17,7 +17,8 @@ from CovidCTAnalysisSlicer.process import AnalysisProcess, environmentWithModule
 
 STEP_LINE = re.compile(r"==> \[demo (\d+)/(\d+)\]")
 # Measured with `make demo` on the project's 2-core machine (README, "Demo"): 16 min 42 s and 18 min 0 s.
-MEASURED = "16-18 minutes on a 2-core CPU"
+MEASURED = ("16-18 minutes on a 2-core CPU for the classifier and the segmenter on phantoms, plus about 2 minutes "
+            "for the interactive model (measured on its own)")
 
 
 def buildTrainDemoCommand(pythonExecutable: str, modelsDir: str | Path, workDir: str | Path,
