@@ -27,12 +27,11 @@ from CovidCTAnalysisLib.constants import CLASS_NAMES
 
 from training.classifier_data import ClassifierCase, class_index, lesion_slice_labels
 from training.phantom_cache import KIND_TO_CLASS
-from training.real_cases import covid_ct_md_sample
-from training.splits import Split, split_cases
+from training.real_cases import covid_ct_md_sample, real_group
+from training.splits import Split, split_with_real_in_training
 
 PARTS = ("phantoms", "hybrids", "weak")
 REAL_PARTS = ("hybrids", "weak")
-REAL_GROUP_PREFIX = "real-"
 
 
 def parse_parts(text: str) -> list[str]:
@@ -43,10 +42,6 @@ def parse_parts(text: str) -> list[str]:
         raise ValueError(f"--dataset {text!r}: expected a comma-separated list of distinct parts from {list(PARTS)} "
                          f"(or one of the single layouts)")
     return parts
-
-
-def real_group(patient: str) -> str:
-    return f"{REAL_GROUP_PREFIX}{patient}"
 
 
 def hybrid_cases(shared_data: Path, kinds: list[str], seeds: list[int], cache_dir: Path,
@@ -82,12 +77,10 @@ def weak_cases(shared_data: Path, exclude: frozenset[str] = frozenset()) -> list
 def split_real_in_training(cases: list[ClassifierCase], train_fraction: float, seed: int) -> Split:
     """The usual patient-level split (``splits.split_cases``) of the other cases, with every case of the real
     parts (hybrids, weak: all cases of a real patient) in training (module doc)."""
-    synthetic = [c for c in cases if c.part not in REAL_PARTS]
-    real = tuple(c.patient_id for c in cases if c.part in REAL_PARTS)
-    split = split_cases([c.patient_id for c in synthetic], [c.group for c in synthetic],
-                        [c.class_index for c in synthetic], train_fraction, seed) if synthetic else \
-        Split((), (), seed, train_fraction)
-    return Split(train=tuple(sorted(split.train + real)), val=split.val, seed=seed, train_fraction=train_fraction)
+    split = split_with_real_in_training([c.patient_id for c in cases], [c.group for c in cases],
+                                        [c.class_index for c in cases], [c.part in REAL_PARTS for c in cases],
+                                        train_fraction, seed)
+    return split or Split(tuple(sorted(c.patient_id for c in cases)), (), seed, train_fraction)
 
 
 def mix_summary(cases: list[ClassifierCase], slices: dict, excluded) -> dict:

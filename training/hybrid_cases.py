@@ -48,7 +48,7 @@ from CovidCTAnalysisLib.phantom.lesions import Lesion, paint_lesion
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 from scipy import ndimage as ndi
 
-from training.real_cases import covid_ct_md_sample
+from training.real_cases import covid_ct_md_sample, real_group
 
 HYBRID_VERSION = "3"  # bump when a (background, kind, seed) case changes: the cache keys on it
 KINDS = ("covid", "pneumonia")
@@ -303,5 +303,5 @@ def hybrid_seg_cases(shared_data: Path, kinds: list[str], seeds: list[int], cach
                     if log is not None:
                         log("hybrids", f"hybrid {background.case_id} {kind} seed {seed}: {info}")
                 cases.append(SegCase(f"hybrid-{background.case_id}-{kind}-{seed}", image_path, truth_path, "hybrid",
-                                     True, group=f"real-{background.patient}"))
+                                     True, group=real_group(background.patient)))
     return cases

@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REAL_PATIENTS = ("P001", "cap001", "normal001")
+REAL_GROUP_PREFIX = "real-"  # the split group of every case made from a real patient (hybrids, weak)
+
+
+def real_group(patient: str) -> str:
+    """The split group of a real patient's cases, so that a patient-level split keeps them on one side."""
+    return f"{REAL_GROUP_PREFIX}{patient}"
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ import torch
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 
-from training.real_cases import covid_ct_md_sample
+from training.real_cases import REAL_GROUP_PREFIX, covid_ct_md_sample, real_group
 from training.segmenter_data import IGNORE_LABEL, SegCase
-from training.splits import Split, split_cases
+from training.splits import Split, split_cases, split_with_real_in_training
 
 WEAK_VERSION = "1"  # bump when a weak label volume changes: the cache keys on it
-REAL_GROUP_PREFIX = "real-"
 SAMPLE_KEY = "sample_label"
 
 
@@ -71,7 +70,7 @@ def weak_seg_cases(shared_data: Path, cache_dir: Path, exclude: frozenset[str] |
                 log("weak", f"weak labels {real.patient}: {sum(slice_labels)} of {len(slice_labels)} slices ignored")
         # lungs_labelled False: the lung box comes from the threshold lungs of every slice, infected ones too
         cases.append(SegCase(f"weak-{real.patient}", real.image_path, label_path, "weak", False,
-                             group=f"{REAL_GROUP_PREFIX}{real.patient}"))
+                             group=real_group(real.patient)))
     return cases
 
 
@@ -82,12 +81,9 @@ def is_real(case: SegCase) -> bool:
 def split_real_in_training(cases: list[SegCase], train_fraction: float, seed: int) -> Split:
     """Patient-level split of the synthetic cases (``splits.split_cases``), every real patient's cases in training;
     with no synthetic case, the usual split of all (module doc)."""
-    synthetic = [c for c in cases if not is_real(c)]
-    if not synthetic:
-        return split_cases([c.case_id for c in cases], [c.group for c in cases], None, train_fraction, seed)
-    split = split_cases([c.case_id for c in synthetic], [c.group for c in synthetic], None, train_fraction, seed)
-    real = tuple(c.case_id for c in cases if is_real(c))
-    return Split(train=tuple(sorted(split.train + real)), val=split.val, seed=seed, train_fraction=train_fraction)
+    ids, groups = [c.case_id for c in cases], [c.group for c in cases]
+    split = split_with_real_in_training(ids, groups, None, [is_real(c) for c in cases], train_fraction, seed)
+    return split or split_cases(ids, groups, None, train_fraction, seed)
 
 
 def part_summary(cases: list[SegCase], excluded, **extra) -> dict:

@@ -61,6 +61,20 @@ def split_by_patient(patient_ids: Sequence[str], classes: Sequence[int] | None =
     return Split(train=tuple(sorted(train)), val=tuple(sorted(val)), seed=seed, train_fraction=train_fraction)
 
 
+def split_with_real_in_training(case_ids: Sequence[str], groups: Sequence[str], classes: Sequence[int] | None,
+                                real: Sequence[bool], train_fraction: float, seed: int) -> Split | None:
+    """``split_cases`` of the items that are not ``real``, with every real item added to training (at most three
+    real patients, one per class: one in validation would be a patient never learned from). None when every
+    item is real: the caller decides."""
+    keep = [i for i, r in enumerate(real) if not r]
+    if not keep:
+        return None
+    split = split_cases([case_ids[i] for i in keep], [groups[i] for i in keep],
+                        [classes[i] for i in keep] if classes is not None else None, train_fraction, seed)
+    real_ids = tuple(case_ids[i] for i, r in enumerate(real) if r)
+    return Split(train=tuple(sorted(split.train + real_ids)), val=split.val, seed=seed, train_fraction=train_fraction)
+
+
 def split_cases(case_ids: Sequence[str], groups: Sequence[str] | None = None, classes: Sequence[int] | None = None,
                 train_fraction: float = DEFAULT_TRAIN_FRACTION, seed: int = 0) -> Split:
     """Split cases so that all cases of one patient (``groups``) fall on the same side.
