@@ -227,7 +227,7 @@ def test_model_method_end_to_end_with_tiny_models(covid_nifti, tiny_models, tmp_
     assert report["lung_crosscheck"] is not None and "flag" in report["lung_crosscheck"]
     assert "DEMO" in report["warning"]
     assert "DEMO" in stdout and "test-classifier v0.0.1" in stdout
-    for stage in ("load", "lungs_threshold", "classifier_load", "classify", "segmenter_load", "segment"):
+    for stage in ("load", "lungs_threshold", "classifier_load", "classify", "segmenter_load", "rib_cage", "segment"):
         assert stage in report["timings_s"], stage
     lab = sitk.ReadImage(str(out / "labelmap.nii.gz"))
     assert lab.GetSize() == tuple(report["input"]["size"])

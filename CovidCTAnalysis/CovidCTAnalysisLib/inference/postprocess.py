@@ -12,7 +12,10 @@ In this order:
 3. **Largest lung components.** Per lung label, pieces smaller than ``min_fraction`` of
    that label's largest piece that touch the other lung take the other lung's label
    (mislabelled islands); others stay (lung cut off by a lesion is still lung).
-4. **Lesions in the lungs.** Lesion pieces (connected components) that come nowhere
+4. **Lesions in the rib cage** (when a ``rib_cage`` mask is given: ``threshold.rib_cage``). Lesion
+   voxels outside it become background: on real CTs the demo segmenter painted liver, spleen,
+   kidney and chest-wall muscle as lesion, none of which lies inside the ribs on a lung slice.
+5. **Lesions in the lungs.** Lesion pieces (connected components) that come nowhere
    nearer than ``lesion_margin_mm`` to the lungs are removed: a lesion lies in or against
    aerated lung, while a dense piece apart from it is chest wall, heart or bowel. A piece
    that reaches the lungs is kept whole, however far it extends: a consolidated lobe lies
@@ -125,12 +128,17 @@ def _relabel_islands(sub: np.ndarray, min_fraction: float) -> int:
 
 def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
                            lesion_margin_mm: float = LESION_MARGIN_MM,
-                           restrict_lesions: bool = True) -> tuple[sitk.Image, list[str]]:
-    """``postprocess_labelmap`` that also returns what it changed, one sentence per change."""
+                           restrict_lesions: bool = True,
+                           rib_cage: np.ndarray | None = None) -> tuple[sitk.Image, list[str]]:
+    """``postprocess_labelmap`` that also returns what it changed, one sentence per change.
+
+    ``rib_cage``: bool (z, y, x) on the same grid, or None to skip step 4."""
     arr = sitk.GetArrayFromImage(labels).astype(np.uint8, copy=False)
     if arr.size and arr.max() > LESION:
         values = np.nonzero(np.bincount(arr.ravel()))[0]
         raise ValueError(f"labelmap holds values {values.tolist()}; expected only 0, 1, 2, 3")
+    if rib_cage is not None and rib_cage.shape != arr.shape:
+        raise ValueError(f"rib cage mask of shape {rib_cage.shape}; expected the labelmap's {arr.shape}")
     notes: list[str] = []
     spacing_zyx = labels.GetSpacing()[::-1]
     pad = tuple(int(np.ceil(lesion_margin_mm / s)) + 1 for s in spacing_zyx)
@@ -158,6 +166,13 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
     if changed:
         notes.append(f"{changed} small island(s) labelled as one lung inside the other lung were relabelled")
 
+    if rib_cage is not None:
+        outside = (sub == LESION) & ~rib_cage[box]
+        if outside.any():
+            sub[outside] = 0
+            notes.append(f"removed {outside.sum() * voxel_ml:.1f} mL of lesion outside the rib cage (liver, "
+                         "spleen, bowel or chest wall: no lung there)")
+
     lungs = (sub == LEFT_LUNG) | (sub == RIGHT_LUNG)
     if restrict_lesions and (sub == LESION).any():
         lesion = sub == LESION
@@ -180,10 +195,11 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
 
 
 def postprocess_labelmap(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
-                         lesion_margin_mm: float = LESION_MARGIN_MM, restrict_lesions: bool = True) -> sitk.Image:
+                         lesion_margin_mm: float = LESION_MARGIN_MM, restrict_lesions: bool = True,
+                         rib_cage: np.ndarray | None = None) -> sitk.Image:
     """Clean a uint8 1/2/3 labelmap (module doc): stray pieces, left/right by patient coordinates,
-    mislabelled islands, lesion pieces apart from the lungs. Same grid as the input."""
-    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions)[0]
+    mislabelled islands, lesion outside the rib cage, lesion pieces apart from the lungs. Same grid as the input."""
+    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions, rib_cage)[0]
 
 
 def _wrap(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -152,11 +152,12 @@ def _resampled_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image,
 
 
 def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device: torch.device | str,
-            progress: Progress | None = None) -> sitk.Image:
+            progress: Progress | None = None, rib_cage: sitk.Image | None = None) -> sitk.Image:
     """uint8 labelmap (1 left lung, 2 right lung, 3 lesion) on ``volume``'s grid, post-processed.
 
     ``lung_box``: ``LungExtent`` / (x0, y0, z0, x1, y1, z1) / None (see ``lung_box_with_margin``).
-    Notes from post-processing (e.g. a left/right swap) go to ``progress.log``.
+    ``rib_cage``: 0/1 on ``volume``'s grid (``threshold.rib_cage.inside_rib_cage``); lesion outside it is
+    removed. Notes from post-processing (e.g. a left/right swap) go to ``progress.log``.
     """
     progress = progress or Progress()
     image = volume.image if isinstance(volume, CTVolume) else volume
@@ -180,9 +181,11 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     del crop
     labels = probabilities_to_labels(probs, prep.grid, crop_ref, channel_labels)
     del probs, prep
-    progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in lungs)")
+    progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in the rib cage and lungs)")
     has_lungs = LEFT_LUNG in channel_labels.values() or RIGHT_LUNG in channel_labels.values()
-    cleaned, notes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs)
+    cage = None if rib_cage is None else sitk.GetArrayFromImage(rib_cage)[z0:z1, y0:y1, x0:x1] > 0
+    cleaned, notes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
+                                            rib_cage=cage)
     for note in notes:
         progress.log(f"segmentation post-processing: {note}")
     full = np.zeros(image.GetSize()[::-1], dtype=np.uint8)

@@ -83,14 +83,26 @@ def _row_ends(mask: np.ndarray) -> np.ndarray:
     return np.concatenate([np.column_stack([rows, first]), np.column_stack([rows, last])]).astype(float)
 
 
-def rib_cavity(hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Inside of the rib cage on the slices that hold lung (bool, z, y, x)."""
+def rib_bone(hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Bone within ``RIB_SEARCH_MM`` of the lung: ribs, spine and sternum, not the arms or shoulder blades."""
     sx, sy, sz = spacing
     near = ndi.distance_transform_edt(~lung, sampling=(sz, sy, sx)) <= RIB_SEARCH_MM
-    bone = body & (hu > BONE_MIN_HU) & near
-    cavity = np.zeros(hu.shape, dtype=bool)
+    return body & (hu > BONE_MIN_HU) & near
+
+
+def rib_hull(bone: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """Per axial slice that holds lung, the filled convex hull of the rib bone and the lung (bool, z, y, x)."""
+    hull = np.zeros(lung.shape, dtype=bool)
     for z in np.nonzero(lung.any(axis=(1, 2)))[0]:
-        cavity[z] = _hull_mask(_row_ends(bone[z] | lung[z]), hu.shape[1:])
+        hull[z] = _hull_mask(_row_ends(bone[z] | lung[z]), lung.shape[1:])
+    return hull
+
+
+def rib_cavity(hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Inside of the rib cage on the slices that hold lung (bool, z, y, x)."""
+    sx = spacing[0]
+    bone = rib_bone(hu, body, lung, spacing)
+    cavity = rib_hull(bone, lung)
     # In from the hull (in-plane only) and away from the bone itself (binary morphology: cheaper than
     # distance maps on a whole chest, and the margins are only a few voxels).
     in_plane = np.zeros((3, 3, 3), dtype=bool)
