@@ -305,6 +305,28 @@ def test_click_kind_rule_lets_an_add_click_only_add_and_a_remove_click_only_remo
     assert not (removed == LESION).any() and np.array_equal(removed[8:12, 8:12, 8:12], base[8:12, 8:12, 8:12])
 
 
+def test_click_region_rule_applies_only_the_piece_at_the_click():
+    base = chest_labels()
+    proposal = np.zeros((30, 36, 40), bool)
+    proposal[8:12, 8:12, 8:12] = True  # two new pieces in the right lung, apart from each other
+    proposal[20:24, 20:24, 8:12] = True
+    proposal[10:16, 12:18, 24:30] = True  # the old lesion, kept
+    box = (0, 0, 0, 40, 36, 30)
+    at_first = base.copy()
+    merge_lesion(at_first, proposal, box, only="add", at_zyx=(9, 9, 9))
+    assert (at_first[8:12, 8:12, 8:12] == LESION).all() and not (at_first[20:24, 20:24, 8:12] == LESION).any()
+    near = base.copy()  # a click 2 voxels beside the piece, within the reach: that piece
+    merge_lesion(near, proposal, box, only="add", at_zyx=(21, 21, 14), reach_voxels=(3, 3, 3))
+    assert (near[20:24, 20:24, 8:12] == LESION).all() and not (near[8:12, 8:12, 8:12] == LESION).any()
+    far = base.copy()  # nothing within reach: nothing changes
+    assert merge_lesion(far, proposal, box, only="add", at_zyx=(2, 2, 2), reach_voxels=(1, 1, 1)) == 0
+    assert np.array_equal(far, base)
+    two = base.copy()  # a second lesion; the remove click on the first takes only the first
+    two[20:24, 20:24, 26:30] = LESION
+    merge_lesion(two, np.zeros_like(proposal), box, only="remove", at_zyx=(12, 14, 26))
+    assert not (two[10:16, 12:18, 24:30] == LESION).any() and (two[20:24, 20:24, 26:30] == LESION).all()
+
+
 def test_refiner_rule_follows_the_click_kind():
     img, labels = image(), chest_labels()
     lab_img = sitk.GetImageFromArray(labels)

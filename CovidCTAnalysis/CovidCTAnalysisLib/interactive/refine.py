@@ -30,7 +30,7 @@ from CovidCTAnalysisLib.errors import ModelError
 from CovidCTAnalysisLib.inference.segment import predict_probabilities, probabilities_to_labels
 from CovidCTAnalysisLib.interactive.clicks import Click, check_clicks
 from CovidCTAnalysisLib.interactive.guidance import grid_index, network_input
-from CovidCTAnalysisLib.interactive.merge import RULES, merge_lesion
+from CovidCTAnalysisLib.interactive.merge import CLICK_REACH_MM, RULES, merge_lesion
 from CovidCTAnalysisLib.interactive.roi import Box, crop, roi_box
 from CovidCTAnalysisLib.loading.volume import labelmap_like
 from CovidCTAnalysisLib.models.folder import LoadedModel
@@ -62,7 +62,8 @@ class Refiner:
 
     ``earlier``: clicks of previous sessions (from ``report.json``); they guide later clicks in
     the same ROI but are not re-applied. ``rule``: ``merge.RULES`` (``click_kind``: an add click only
-    adds lesion, a remove click only removes it; ``redraw``: the ROI takes the model's lesion).
+    adds lesion, a remove click only removes it; ``click_region``: and only the piece at the click;
+    ``redraw``: the ROI takes the model's lesion).
     """
 
     def __init__(self, image: sitk.Image, labelmap: sitk.Image, model: LoadedModel,
@@ -116,7 +117,12 @@ class Refiner:
             lesion, _ = self.lesion_probability(box)
         finally:
             torch.set_num_threads(threads)
-        changed = merge_lesion(self.labels, lesion, box, only=click.kind if self.rule == "click_kind" else None)
+        only = click.kind if self.rule in ("click_kind", "click_region") else None
+        at = None
+        if self.rule == "click_region":
+            at = self.image.TransformPhysicalPointToIndex(tuple(float(v) for v in click.lps))[::-1]
+        reach = tuple(CLICK_REACH_MM / s for s in self.image.GetSpacing()[::-1])
+        changed = merge_lesion(self.labels, lesion, box, only=only, at_zyx=at, reach_voxels=reach)
         return RefineStep(click, box, changed, time.perf_counter() - t)
 
     def labelmap(self) -> sitk.Image:
