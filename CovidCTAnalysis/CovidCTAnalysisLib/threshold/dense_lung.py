@@ -188,7 +188,15 @@ def add_dense_lung(
     dense = (hu >= GAS_MEDIAN_HU) & (hu <= CONSOLIDATION_BAND_HU[1]) & ~lung & ~airway
     cavity = rib_cavity(hu, body, lung, spacing)
     dense &= cavity
-    dense &= ~below_diaphragm(tissue, lung, body, (sy, sx)) & ~mediastinum_rows(labels, spacing)
+    allowed = cavity & ~below_diaphragm(tissue, lung, body, (sy, sx)) & ~mediastinum_rows(labels, spacing) & ~airway
+    dense &= allowed
+    # Air bronchograms: the gas in the bronchi of a consolidated lobe leaves holes and thin walls in the dense
+    # band, which the opening then takes apart. Closing them in each axial slice keeps the lobe whole (pneumonia
+    # phantoms 100-104: 68/42/61/77/4 -> 70/53/62/81/4 % of the consolidation found; a 4 mm opening would find
+    # 74-84 % on three more, but then took 12-22 mL of a normal phantom's chest wall in).
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    dense = ndi.binary_fill_holes(dense | ndi.binary_closing(dense, in_plane), in_plane)
     # Opening by a diamond of MIN_THICKNESS_MM (repeated 6-neighbour steps: cheap on a whole chest).
     steps = max(1, int(round(MIN_THICKNESS_MM / sx)))
     dense = ndi.binary_opening(dense, ndi.generate_binary_structure(3, 1), iterations=steps)
@@ -196,8 +204,6 @@ def add_dense_lung(
     dense &= distance <= MAX_REACH_MM
     # Consolidation fills the lung out to the ribs, whereas the dome of the liver or the heart seen from
     # above is ringed by aerated lung: only axial cross-sections that reach the chest wall stay.
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = ndi.generate_binary_structure(2, 1)
     sections, n = ndi.label(dense, structure=in_plane)
     reach = ndi.binary_dilation(~cavity, structure=in_plane, iterations=WALL_CONTACT_VOXELS) & dense
     at_wall = np.zeros(n + 1, dtype=bool)
