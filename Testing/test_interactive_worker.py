@@ -70,12 +70,13 @@ def test_worker_refines_refuses_stays_alive_and_shuts_down(tiny_interactive_mode
     assert opened["ok"] and opened["id"] == 1 and opened["lesion_voxels"] == int((labels == LESION).sum())
 
     out = tmp_path / "corrected.nrrd"
-    times, changes = [], []
+    times, changes, clicks = [], [], []
     current = labels
     for n, (kind, label) in enumerate((("add", 1), ("remove", LESION), ("add", 2))):
         answer, seconds = worker.ask({"op": "click", "kind": kind, "lps": lps_of(image, labels, label),
                                       "output": str(out)})
         times.append(seconds)
+        clicks.append(answer)
         assert answer["ok"], answer
         changes.append(answer["changed_voxels"])
         new = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
@@ -109,10 +110,12 @@ def test_worker_refines_refuses_stays_alive_and_shuts_down(tiny_interactive_mode
     again, _ = worker.ask({"op": "click", "kind": "add", "lps": lps_of(image, labels, 2), "output": str(out)})
     assert again["ok"] and hashlib.sha256(out.read_bytes()).hexdigest() == digest  # undo + same click = same labels
 
-    # Later clicks pay neither Python start-up, imports nor the model load (loose: the machine is shared).
+    # Later clicks pay neither Python start-up, imports nor the model load: one process, one load (counted, not
+    # timed: on the shared machine a click's seconds say little; benchmarks/bench_refine.py times them).
     print(f"worker start-up {worker.startup_s:.2f} s; clicks {', '.join(f'{t:.2f}' for t in times)} s, "
           f"changed voxels {changes}")
-    assert max(times[1:]) < 0.5 * worker.startup_s, (worker.startup_s, times)
+    assert {a["pid"] for a in clicks + [undone, again]} == {worker.ready["pid"]} == {worker.proc.pid}
+    assert {a["model_loads"] for a in [worker.ready, *clicks, undone, again]} == {1}
 
     bye, _ = worker.ask({"op": "shutdown"})
     assert bye["ok"]

@@ -18,7 +18,8 @@ line, in order:
   their statistics;
 - ``{"op": "shutdown"}`` → answered, then exit 0 (end of stdin does the same).
 
-Every answer repeats the request's ``id`` when it has one. A refused request (a click outside the image,
+Every answer repeats the request's ``id`` when it has one; a successful one also carries the worker's ``pid`` and
+``model_loads`` (1 for the life of the worker: a click never reloads the model). A refused request (a click outside the image,
 an add click outside the lungs: the core's own ``check_clicks`` messages; a malformed line) is answered
 ``{"ok": false, "error": message}`` and the worker keeps serving; nothing is written then.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +48,14 @@ class RefineWorker:
 
     def __init__(self, model, device) -> None:
         self.model, self.device = model, device
+        self.model_loads = 1  # only ``load_from`` loads; every answer reports the count (tests: it stays 1)
         self.refiner = None
         self.undoStack: list[tuple[tuple[int, ...], np.ndarray]] = []
+
+    @classmethod
+    def load_from(cls, registry, meta, device) -> RefineWorker:
+        """A worker holding ``meta``'s model, loaded (sha256 checked) through ``registry``."""
+        return cls(registry.load(meta, device=device), device)
 
     def handle(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or request.get("op") not in OPS:
@@ -168,7 +176,7 @@ def serve(worker: RefineWorker, lines, out) -> int:
         except Exception as e:  # noqa: BLE001 - a failed request must never end the worker
             _answer(out, op, request_id, False, error=f"{type(e).__name__}: {e}")
             continue
-        _answer(out, op, request_id, True, **fields)
+        _answer(out, op, request_id, True, **fields, pid=os.getpid(), model_loads=worker.model_loads)
         if op == "shutdown":
             break
     return 0
@@ -194,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         registry = ModelRegistry(root=args.models_dir)
         meta = registry.resolve("interactive", args.model)
         device = select_device(args.device)
-        worker = RefineWorker(registry.load(meta, device=device), device)
+        worker = RefineWorker.load_from(registry, meta, device)
     except CovidCTError as e:
         _answer(out, "ready", None, False, error=str(e))
         return 1
     _answer(out, "ready", None, True, model=meta.provenance(), label=meta.label_line(), device=str(device),
-            seconds=round(time.perf_counter() - t0, 3))
+            seconds=round(time.perf_counter() - t0, 3), pid=os.getpid(), model_loads=worker.model_loads)
     return serve(worker, sys.stdin, out)
 
 
