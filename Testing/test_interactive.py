@@ -262,7 +262,10 @@ def test_a_click_changes_only_the_lesion_in_its_roi(channels):
     inside[z0:z1, y0:y1, x0:x1] = True
     lungs = np.isin(labels, (1, 2, 3))
     assert np.array_equal(new[~inside | ~lungs], labels[~inside | ~lungs])
-    assert (new[inside & lungs] == LESION).all()
+    clicked_lung = labels[15, 18, 10]
+    assert clicked_lung == RIGHT_LUNG
+    assert (new[inside & (labels == clicked_lung)] == LESION).all()  # the piece at the click: its lung in the ROI
+    assert np.array_equal(new[labels == LEFT_LUNG], labels[labels == LEFT_LUNG])  # the default rule: only that piece
     assert steps[0].changed_voxels == int((new != labels).sum()) > 0
     assert out.GetDirection() == img.GetDirection() and out.GetOrigin() == img.GetOrigin()
     # and a real (untrained) network runs through the same path

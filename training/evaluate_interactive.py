@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import LESION
 from CovidCTAnalysisLib.interactive.clicks import ADD, REMOVE, Click
-from CovidCTAnalysisLib.interactive.merge import RULES, merge_lesion
+from CovidCTAnalysisLib.interactive.merge import DEFAULT_RULE, RULES, merge_lesion
 from CovidCTAnalysisLib.interactive.refine import Refiner
 from CovidCTAnalysisLib.interactive.simulate import next_click
 from CovidCTAnalysisLib.loading.volume import labelmap_like
@@ -74,7 +74,7 @@ def start_labels(image: sitk.Image, truth: np.ndarray, start: str, segmenter=Non
 
 
 def robot_session(image: sitk.Image, truth: np.ndarray, start: np.ndarray, model, device: str,
-                  max_clicks: int, rule: str = "click_kind") -> tuple[list[float], list[float]]:
+                  max_clicks: int, rule: str = DEFAULT_RULE) -> tuple[list[float], list[float]]:
     """Lesion Dice after 0..max_clicks robot clicks (after the truth is matched the curve stays), and the
     seconds per click."""
     refiner = Refiner(image, labelmap_like(start, image), model, device, rule=rule)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="segmentation model folder whose lesions make the automatic start (default: the threshold "
                         "method's lesions)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rule", default="click_kind", choices=RULES, help="merge rule (interactive.merge.RULES)")
+    p.add_argument("--rule", default=DEFAULT_RULE, choices=RULES, help="merge rule (interactive.merge.RULES)")
     p.add_argument("--key", default="robot_user", help="eval_metrics key to write (e.g. one per rule)")
     p.add_argument("--plot", default=None, help="PNG of the curves (default: <model-dir>/<key>.png)")
     p.add_argument("--no-write", action="store_true", help="print the metrics, leave metadata.json as it is")

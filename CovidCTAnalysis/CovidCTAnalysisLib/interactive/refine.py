@@ -30,7 +30,7 @@ from CovidCTAnalysisLib.errors import ModelError
 from CovidCTAnalysisLib.inference.segment import predict_probabilities, probabilities_to_labels
 from CovidCTAnalysisLib.interactive.clicks import Click, check_clicks
 from CovidCTAnalysisLib.interactive.guidance import grid_index, network_input
-from CovidCTAnalysisLib.interactive.merge import CLICK_REACH_MM, RULES, merge_lesion
+from CovidCTAnalysisLib.interactive.merge import CLICK_REACH_MM, DEFAULT_RULE, RULES, merge_lesion
 from CovidCTAnalysisLib.interactive.roi import Box, crop, roi_box
 from CovidCTAnalysisLib.loading.volume import labelmap_like
 from CovidCTAnalysisLib.models.folder import LoadedModel
@@ -67,7 +67,7 @@ class Refiner:
     """
 
     def __init__(self, image: sitk.Image, labelmap: sitk.Image, model: LoadedModel,
-                 device: torch.device | str = "cpu", earlier: Sequence[Click] = (), rule: str = "click_kind") -> None:
+                 device: torch.device | str = "cpu", earlier: Sequence[Click] = (), rule: str = DEFAULT_RULE) -> None:
         if rule not in RULES:
             raise ValueError(f"rule={rule!r}; expected one of {RULES}")
         self.rule = rule
