@@ -124,13 +124,16 @@ def train_fold(patient: str, real_data: Path, work: Path, cache: Path, quick: bo
     fold = work / "lopo" / patient
     registry = ModelRegistry(fold / "models")
     version = QUICK_VERSION if quick else DEMO_VERSION
-    ready = all(installed(registry, mid, version) is not None for mid in (CLASSIFIER_ID, SEGMENTER_ID))
-    if reuse and ready:
+    ids = {"classifier": CLASSIFIER_ID, "segmenter": SEGMENTER_ID}
+    kinds = [k for k, mid in ids.items() if not (reuse and installed(registry, mid, version) is not None)]
+    if not kinds:
         print(f"==> LOPO {patient}: reusing the fold's models in {registry.root}", flush=True)
         return registry.root
-    steps = Steps(total=11)
-    print(f"==> LOPO {patient}: training the demo models without {patient} in {fold}", flush=True)
-    for kind in ("classifier", "segmenter"):
+    steps = Steps(total=sum(6 if k == "classifier" else 5 for k in kinds))
+    print(f"==> LOPO {patient}: training the demo {' and '.join(kinds)} without {patient} in {fold}"
+          + (" (reusing the installed " + ", ".join(k for k in ids if k not in kinds) + ")" if len(kinds) < 2 else ""),
+          flush=True)
+    for kind in kinds:
         run_args = training_args(kind, real_data, [patient], quick) + ["--threads", str(threads)]
         train_and_export(kind, fold / f"{kind}-model", steps, fold, cache, run_args,
                          QUICK["eval_seeds"] if quick else EVAL_SEEDS, version, real_data=real_data,
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.eval_real_lopo", description=__doc__.splitlines()[0])
     p.add_argument("--real-data", type=Path, default=None, help="shared-data root (default as make demo's)")
     p.add_argument("--folds", default=",".join(REAL_PATIENTS), help="patients to leave out, e.g. P001")
-    p.add_argument("--reuse", action="store_true", help="skip training for folds whose models are installed")
+    p.add_argument("--reuse", action="store_true", help="skip training a fold's classifier or segmenter when it is installed (retrain one: uninstall it)")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test, not the benchmark")
     p.add_argument("--all-models-dir", type=Path, default=None,
                    help="registry of the demo models trained on all patients (default: where covidct looks)")
