@@ -42,7 +42,8 @@ def piece_at(mask: np.ndarray, at_zyx: tuple[int, int, int], reach_voxels: tuple
     hi = [min(a + k + 1, s) for a, k, s in zip(at_zyx, r, mask.shape, strict=True)]
     near = pieces[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     grid = np.indices(near.shape, dtype=float)
-    dist = sum(((g + l - a) / max(k, 1e-6)) ** 2 for g, l, a, k in zip(grid, lo, at_zyx, reach_voxels, strict=True))
+    dist = sum(((g + start - a) / max(k, 1e-6)) ** 2
+               for g, start, a, k in zip(grid, lo, at_zyx, reach_voxels, strict=True))
     inside = (near > 0) & (dist <= 1.0)
     if not inside.any():
         return np.zeros(mask.shape, dtype=bool)
