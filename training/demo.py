@@ -49,15 +49,16 @@ REAL_INDEX = "covid-ct-md/labels.json"  # under the shared-data root: the real, 
 EVAL_SEEDS = "100-104"
 ANALYSIS_SEED = 2026
 
-# Settings chosen to train on 2 CPU cores within minutes (recorded in each model's metadata); bf16 autocast
-# (training.common.Precision) makes a step ~1.7x faster on this CPU than fp32.
+# Settings chosen to train on 2 CPU cores within minutes (recorded in each model's metadata). --precision auto
+# (training.common.Precision): bf16 autocast where the CPU runs it natively (AVX-512: a step ~1.7x faster than
+# fp32), fp32 where it would be emulated (AVX2: ~15x slower).
 # Classifier: a from-scratch ResNet-50 needs ~700 steps to see 1-2 % ground glass at all. At 12 epochs (276
 # steps) it gave Normal and COVID-19 phantoms of one anatomy the same slice probabilities (accuracy 0.67 on
 # seeds 100-104); at 40 epochs, with clear slices trained as Normal and Normal slices at the lesions' heights
 # (classifier_slices), it classified all 15 correctly.
 CLASSIFIER_ARGS = ["--input-size", "96", "--max-slices-per-case", "12", "--epochs", "40", "--val-every", "5",
                    "--batch-size", "16", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-4",
-                   "--augment-strength", "0.5", "--precision", "bf16",
+                   "--augment-strength", "0.5", "--precision", "auto",
                    "--aggregation", "top_fraction_mean", "--aggregation-fraction", "0.3", "--slice-step", "2"]
 # The ROI spans the chest from side to side (128 x 2.5 mm), so that every patch holds the midline:
 # left and right are told apart by position, which 64-voxel cubes of one lung could not do.
@@ -67,7 +68,7 @@ CLASSIFIER_ARGS = ["--input-size", "96", "--max-slices-per-case", "12", "--epoch
 # seeds 0-23 and 40 epochs in bf16 (about 8 s/epoch on 2 free cores).
 SEGMENTER_ARGS = ["--spacing", "2.5,2.5,2.5", "--roi", "128,64,48", "--epochs", "40", "--batch-size", "2",
                   "--num-samples", "1", "--optimizer", "adamw", "--lr", "2e-3", "--weight-decay", "1e-4",
-                  "--lr-schedule", "cosine", "--lesion-crop-ratio", "3", "--precision", "bf16",
+                  "--lr-schedule", "cosine", "--lesion-crop-ratio", "3", "--precision", "auto",
                   "--val-every", "20", "--margin-mm", "10", "--train-fraction", "0.85"]
 # With the real parts an epoch has more batches (classifier 36 instead of 23: hybrids +163 slices, weak +48;
 # segmenter 37 instead of 31: +10 hybrids, +3 weak). The segmenter keeps the phantom-only step count (40 x 31;

@@ -15,7 +15,7 @@ PHANTOM_KINDS = "covid,pneumonia"
 # The recipe of README's measured 4-channel model (image, positive, negative guidance, current lesion):
 # 2.5 mm, ROI 40^3 voxels, a 3-level U-Net with one residual unit, up to 3 simulated rounds per sample, bf16.
 RECIPE = ["--iterations", "200", "--val-every", "100", "--batch-size", "4", "--channels", "16,32,64",
-          "--strides", "2,2", "--num-res-units", "1", "--max-inner", "3", "--precision", "bf16", "--seed", "0"]
+          "--strides", "2,2", "--num-res-units", "1", "--max-inner", "3", "--precision", "auto", "--seed", "0"]
 # --quick: a few steps of a 2-level U-Net and a 3-click robot on one case (the machinery, not the quality).
 QUICK_RECIPE = ["--iterations", "4", "--val-every", "4", "--val-patches", "2", "--batch-size", "2",
                 "--channels", "4,8", "--strides", "2", "--max-inner", "1"]

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     # from scratch, each residual block starts as the identity (torchvision's zero_init_residual)
     model = build_classifier(len(CLASS_NAMES), args.pretrained, args.pretrained_sha256,
                              zero_init_residual=not args.pretrained)
-    precision = Precision(args.precision, ctx.device, spatial_dims=2)
+    precision = Precision(args.precision, ctx.device, spatial_dims=2, log=lambda m: ctx.log("model", m))
     model = wrap_ddp(precision.model(model), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
                          "lr": args.lr, "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "schedule": "cosine", "seed": args.seed,
-                         "precision": args.precision, "val_every": args.val_every,
+                         "precision": precision.name, "precision_requested": args.precision, "val_every": args.val_every,
                          "augmentation_strength": args.augment_strength, "balance_classes": args.balance_classes, "world_size": ctx.world_size,
                          "rank_shares": shares,
                          "device": str(ctx.device), "lung_mask": args.lung_mask,

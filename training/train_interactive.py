@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     arch_kwargs = {"in_channels": len(channels), "channels": [int(v) for v in args.channels.split(",")],
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
-    precision = Precision(args.precision, ctx.device, spatial_dims=3)
+    precision = Precision(args.precision, ctx.device, spatial_dims=3, log=lambda m: ctx.log("model", m))
     model = wrap_ddp(precision.model(build_interactive(**arch_kwargs)), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     from monai.losses import DiceCELoss
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                           for c in split.val],
             "training": {"iterations": args.iterations, "batch_size": args.batch_size, "optimizer": args.optimizer,
                          "lr": args.lr, "weight_decay": args.weight_decay, "loss": "DiceCELoss(softmax), lesion",
-                         "precision": args.precision, "seed": args.seed, "world_size": ctx.world_size,
+                         "precision": precision.name, "precision_requested": args.precision, "seed": args.seed, "world_size": ctx.world_size,
                          "rank_shares": shares, "device": str(ctx.device)},
             "history": history,
             "best_val_metric": {"name": "val_mean_dice (after 1-3 simulated clicks, patches)", "value": best},

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     arch_kwargs = {"n_labels": n_labels, "channels": [int(v) for v in args.channels.split(",")],
                    "strides": [int(v) for v in args.strides.split(",")], "num_res_units": args.num_res_units}
-    precision = Precision(args.precision, ctx.device, spatial_dims=3)
+    precision = Precision(args.precision, ctx.device, spatial_dims=3, log=lambda m: ctx.log("model", m))
     model = wrap_ddp(precision.model(build_segmenter(**arch_kwargs)), ctx)
     opt = make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1)) \
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                          "optimizer": args.optimizer, "lr": lr,
                          "momentum": args.momentum if args.optimizer == "sgd" else None,
                          "weight_decay": args.weight_decay, "loss": loss_name,
-                         "lr_schedule": args.lr_schedule, "precision": args.precision,
+                         "lr_schedule": args.lr_schedule, "precision": precision.name, "precision_requested": args.precision,
                          "sampling": (f"RandCropByLabelClassesd ratios 1:1:1:{args.lesion_crop_ratio:g}"
                                       if args.lesion_crop_ratio > 0 and n_labels == 4
                                       else f"RandCropByLabelClassesd ratios 1:{args.lesion_crop_ratio:g}"
