@@ -126,6 +126,14 @@ def test_score_row_counts_slices_at_50_mm3():
     assert normal["slices"]["sensitivity"] is None and normal["slices"]["specificity"] == 0.75
 
 
+def test_seen_only_refuses_without_installed_demo_models_or_with_skip_seen(tmp_path):
+    with pytest.raises(SystemExit, match="leave nothing to evaluate"):
+        lopo.main(["--seen-only", "--skip-seen", "--all-models-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=f"no demo models .* installed in {tmp_path}"):
+        lopo.main(["--seen-only", "--all-models-dir", str(tmp_path)])
+    assert not (tmp_path / "lopo").exists()  # refused before any fold work
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.timeout(1800)  # paints 6 hybrid cases and trains two quick models: ~5-13 min on 2 shared cores

@@ -18,6 +18,7 @@ phantoms only). Each model row is checked against the issue's aims (normal001: <
 COVID-19 with p >= 0.9; P001: slice sensitivity >= 0.8 at specificity >= 0.7; cap001: not COVID-19).
 
     python -m benchmarks.eval_real_lopo [--folds P001,cap001] [--reuse] [--quick] [--threads 1]
+    python -m benchmarks.eval_real_lopo --seen-only [--all-models-dir DIR]   # no folds: the installed models only
 
 Results: ``benchmarks/results/eval_real_lopo.json``, ``eval_real_lopo.md`` (the table) and ``eval_real_lopo.png``
 (per patient: one axial slice with the unseen model's segmentation; slice labels against the predicted positive
@@ -193,7 +194,7 @@ def save_figure(kept: dict, path: Path, quick: bool) -> None:
         for value, colour in ((1, "y"), (2, "c"), (3, "r")):
             if (labels[z] == value).any():
                 ax_img.contour(labels[z] == value, [0.5], colors=colour, linewidths=0.8)
-        ax_img.set_title(f"{patient}: z={z}, unseen model (left y, right c, lesion r)")
+        ax_img.set_title(f"{patient}: z={z}, {k['shown']} (left y, right c, lesion r)")
         ax_img.axis("off")
         names = list(k["strips"])
         ax_strip.imshow(np.stack([k["strips"][n] for n in names]).astype(float), aspect="auto", cmap="Reds",
@@ -218,15 +219,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-models-dir", type=Path, default=None,
                    help="registry of the demo models trained on all patients (default: where covidct looks)")
     p.add_argument("--skip-seen", action="store_true", help="do not evaluate the all-patients models")
+    p.add_argument("--seen-only", action="store_true",
+                   help="train no folds: evaluate only the all-patients models (and the threshold method)")
     p.add_argument("--work-dir", type=Path, default=None, help="default $COVIDCT_DEMO_DIR or <repo>/.demo")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where the json/md/png go")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     import torch
+    from CovidCTAnalysisLib.models.registry import ModelRegistry
 
     from training.common import REPO_ROOT
 
     torch.set_num_threads(args.threads)
+    if args.seen_only and args.skip_seen:
+        raise SystemExit("--seen-only and --skip-seen leave nothing to evaluate; give one of them")
+    all_dir = args.all_models_dir or _default_models_dir()
+    if args.seen_only and any(installed(ModelRegistry(all_dir), mid, DEMO_VERSION) is None
+                              for mid in (CLASSIFIER_ID, SEGMENTER_ID)):
+        raise SystemExit(f"--seen-only: no demo models {DEMO_VERSION} installed in {all_dir} "
+                         "(run make demo, or give --all-models-dir)")
     real_data = check_real_data(args.real_data or default_real_data())
     if real_data is None:  # make bench on a machine without ../shared/data
         print("eval_real_lopo: skipped, no real CTs (give --real-data DIR: the shared-data root with "
@@ -244,24 +255,30 @@ def main(argv: list[str] | None = None) -> int:
             continue
         image = sitk.ReadImage(str(case.image_path))
         spacing, fold = image.GetSpacing(), work / "lopo" / case.patient
-        models_dir = train_fold(case.patient, real_data, work, cache, args.quick, args.reuse, args.threads)
-        report, labels = analyze(case.image_path, fold / "analysis-unseen", "model", models_dir, version)
-        rows.append(score_row(case, "unseen", "model", report, labels, spacing))
+        shown = None  # (name, labelmap) of the segmentation the figure draws
+        if not args.seen_only:
+            models_dir = train_fold(case.patient, real_data, work, cache, args.quick, args.reuse, args.threads)
+            report, labels = analyze(case.image_path, fold / "analysis-unseen", "model", models_dir, version)
+            rows.append(score_row(case, "unseen", "model", report, labels, spacing))
+            shown = ("unseen model", labels)
         thr_report, thr_labels = analyze(case.image_path, fold / "analysis-threshold", "threshold", None, version)
         rows.append(score_row(case, "–", "threshold", thr_report, thr_labels, spacing))
-        truth = np.asarray(case.labels_or_clear(labels.shape[0]), dtype=bool)
-        strips = {"radiologists": truth, "unseen model": slice_positive(labels == 3, spacing),
-                  "threshold": slice_positive(thr_labels == 3, spacing)}
-        seen = None if args.skip_seen else seen_label(args.all_models_dir or _default_models_dir(), case.patient)
+        truth = np.asarray(case.labels_or_clear(thr_labels.shape[0]), dtype=bool)
+        strips = {"radiologists": truth, "threshold": slice_positive(thr_labels == 3, spacing)}
+        if shown is not None:
+            strips["unseen model"] = slice_positive(shown[1] == 3, spacing)
+        seen = None if args.skip_seen else seen_label(all_dir, case.patient)
         if seen is not None:
-            all_dir = args.all_models_dir or _default_models_dir()
             seen_report, seen_labels = analyze(case.image_path, fold / "analysis-seen", "model", all_dir, DEMO_VERSION)
             rows.append(score_row(case, seen, "model", seen_report, seen_labels, spacing))
             strips["all-data model"] = slice_positive(seen_labels == 3, spacing)
+            shown = shown or ("all-data model", seen_labels)
         elif not args.skip_seen:
             print(f"==> {case.patient}: no demo models {DEMO_VERSION} installed in the all-data registry; "
                   "its rows are left out (run make demo, or give --all-models-dir)", flush=True)
-        kept[case.patient] = {"hu": sitk.GetArrayFromImage(image), "labels": labels, "strips": strips}
+        shown = shown or ("threshold", thr_labels)
+        kept[case.patient] = {"hu": sitk.GetArrayFromImage(image), "labels": shown[1], "shown": shown[0],
+                              "strips": strips}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     met = [a for r in rows for a in r["aims"]]
