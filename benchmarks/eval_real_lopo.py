@@ -203,8 +203,10 @@ def save_figure(kept: dict, path: Path, quick: bool) -> None:
         ax_strip.axvline(z, color="b", linewidth=0.8)
         ax_strip.set_xlabel("slice z (0 = inferior); blue: the slice shown")
         ax_strip.set_title(f"{patient}: slices with lesion (>= 50 mm3)")
-    fig.suptitle(("QUICK smoke run: " if quick else "")
-                 + "leave-one-patient-out: demo models on real CTs they never saw (research use, not for diagnosis)")
+    unseen = any(k["shown"] == "unseen model" for k in kept.values())
+    what = ("leave-one-patient-out: demo models on real CTs they never saw" if unseen else
+            "demo models trained on these patients (seen), on their real CTs")
+    fig.suptitle(("QUICK smoke run: " if quick else "") + what + " (research use, not for diagnosis)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -16,9 +16,11 @@ from pathlib import Path
 from CovidCTAnalysisSlicer.process import AnalysisProcess, environmentWithModulePath
 
 STEP_LINE = re.compile(r"==> \[demo (\d+)/(\d+)\]")
-# Measured with `make demo` on the project's 2-core machine (README, "Demo"): 16 min 42 s and 18 min 0 s.
-MEASURED = ("16-18 minutes on a 2-core CPU for the classifier and the segmenter on phantoms, plus about 2 minutes "
-            "for the interactive model (measured on its own)")
+# Measured with `make demo` (README, "The two commands"): 16 min 42 s and 18 min 0 s on a 2-core CPU with
+# AVX512-BF16 (phantoms only); 53 min 14 s on a 2-core AVX2 CPU (fp32; real backgrounds and the interactive model).
+MEASURED = ("16-18 minutes on a 2-core CPU with AVX512-BF16 for the classifier and the segmenter on phantoms, plus "
+            "about 2 minutes for the interactive model, and 53 minutes on a 2-core CPU without AVX-512 (all three "
+            "models, with real CT backgrounds)")
 
 
 def buildTrainDemoCommand(pythonExecutable: str, modelsDir: str | Path, workDir: str | Path,
