@@ -134,6 +134,21 @@ def test_seen_only_refuses_without_installed_demo_models_or_with_skip_seen(tmp_p
     assert not (tmp_path / "lopo").exists()  # refused before any fold work
 
 
+@pytest.mark.parametrize("shown", ["unseen model", "all-data model", "threshold"])
+def test_figure_draws_whichever_segmentation_was_kept(shown, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    titles = []
+    monkeypatch.setattr(plt.Figure, "suptitle", lambda self, text, **kw: titles.append(text))
+    labels = np.zeros((6, 16, 16), np.uint8)
+    labels[:, 3:13, 3:8], labels[:, 3:13, 9:14], labels[2, 5:8, 4:7] = 1, 2, 3
+    strips = {"radiologists": np.array([0, 0, 1, 1, 0, 0], bool), shown: np.array([0, 1, 1, 0, 0, 0], bool)}
+    kept = {"P001": {"hu": np.full(labels.shape, -800.0), "labels": labels, "shown": shown, "strips": strips}}
+    lopo.save_figure(kept, tmp_path / "f.png", quick=False)
+    assert (tmp_path / "f.png").stat().st_size > 5_000
+    assert ("never saw" in titles[0]) == (shown == "unseen model") and "not for diagnosis" in titles[0]
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.timeout(1800)  # paints 6 hybrid cases and trains two quick models: ~5-13 min on 2 shared cores
