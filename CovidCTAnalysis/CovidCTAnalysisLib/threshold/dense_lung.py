@@ -187,9 +187,7 @@ def add_dense_lung(
     tissue = hu >= DENSE_LUNG_MAX_HU
     dense = (hu >= GAS_MEDIAN_HU) & (hu <= CONSOLIDATION_BAND_HU[1]) & ~lung & ~airway
     cavity = rib_cavity(hu, body, lung, spacing)
-    dense &= cavity
-    allowed = cavity & ~below_diaphragm(tissue, lung, body, (sy, sx)) & ~mediastinum_rows(labels, spacing) & ~airway
-    dense &= allowed
+    dense &= cavity & ~below_diaphragm(tissue, lung, body, (sy, sx)) & ~mediastinum_rows(labels, spacing)
     # Air bronchograms: the gas in the bronchi of a consolidated lobe leaves holes and thin walls in the dense
     # band, which the opening then takes apart. Closing them in each axial slice keeps the lobe whole (pneumonia
     # phantoms 100-104: 68/42/61/77/4 -> 70/53/62/81/4 % of the consolidation found; a 4 mm opening would find
