@@ -10,7 +10,7 @@
    onto the crop and the argmax taken slab by slab (``probabilities_to_labels``), so
    no full-resolution probability maps are held at once.
 5. ``postprocess`` (largest components, left/right by patient coordinates, lesion pieces
-   that reach the lungs), then paste the crop into a labelmap of the input grid.
+   that reach the lungs, lesion edges on the image's half-way HU), then paste the crop into a labelmap of the input grid.
 """
 
 from __future__ import annotations
@@ -181,11 +181,13 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     del crop
     labels = probabilities_to_labels(probs, prep.grid, crop_ref, channel_labels)
     del probs, prep
-    progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in the rib cage and lungs)")
+    progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in the rib cage and lungs, "
+                                   "lesion edges)")
     has_lungs = LEFT_LUNG in channel_labels.values() or RIGHT_LUNG in channel_labels.values()
     cage = None if rib_cage is None else sitk.GetArrayFromImage(rib_cage)[z0:z1, y0:y1, x0:x1] > 0
+    hu = sitk.GetArrayViewFromImage(image)[z0:z1, y0:y1, x0:x1]
     cleaned, notes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
-                                            rib_cage=cage)
+                                            rib_cage=cage, hu=hu)
     for note in notes:
         progress.log(f"segmentation post-processing: {note}")
     full = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
