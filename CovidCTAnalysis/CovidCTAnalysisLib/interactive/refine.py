@@ -9,7 +9,11 @@ For each click, in order:
 3. guidance maps of every click so far that falls in the box (``guidance.network_input``);
 4. sliding-window inference (``inference.segment.predict_probabilities``) and the lesion mapped back
    to the input grid (``inference.segment.probabilities_to_labels``);
-5. ``merge.merge_lesion``: only the lesion label changes, only in the box and the lungs.
+5. ``merge.merge_lesion``: only the lesion label changes, only in the box and the lungs;
+6. the edges of the lesion pieces that the click changed snap onto the half-way HU, within the box
+   (``inference.lesion_edges``, as ``covidct analyze`` does after the segmenter): the model draws on
+   2.5 mm voxels, and without it a click's redrawn piece undid the finer edges of the automatic outline
+   (robot user from the demo segmenter's start: Dice after 3 clicks fell from 0.915 to 0.898 on one case).
 
 ``Refiner`` keeps the image, the labels and the model between clicks (the CLI, the robot
 evaluation and the latency benchmark use it); ``refine`` runs a list of clicks.
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from CovidCTAnalysisLib.constants import BACKGROUND, LESION
 from CovidCTAnalysisLib.errors import ModelError
+from CovidCTAnalysisLib.inference.lesion_edges import snap_lesion_edges
 from CovidCTAnalysisLib.inference.segment import predict_probabilities, probabilities_to_labels
 from CovidCTAnalysisLib.interactive.clicks import Click, check_clicks
 from CovidCTAnalysisLib.interactive.guidance import grid_index, network_input
@@ -122,7 +128,16 @@ class Refiner:
         if self.rule == "click_region":
             at = self.image.TransformPhysicalPointToIndex(tuple(float(v) for v in click.lps))[::-1]
         reach = tuple(CLICK_REACH_MM / s for s in self.image.GetSpacing()[::-1])
-        changed = merge_lesion(self.labels, lesion, box, only=only, at_zyx=at, reach_voxels=reach)
+        x0, y0, z0, x1, y1, z1 = box
+        sub = self.labels[z0:z1, y0:y1, x0:x1]
+        before = sub == LESION
+        merge_lesion(self.labels, lesion, box, only=only, at_zyx=at, reach_voxels=reach)
+        touched = before != (sub == LESION)
+        if touched.any():
+            hu = sitk.GetArrayViewFromImage(self.image)[z0:z1, y0:y1, x0:x1]
+            # the pieces that gained voxels, and those next to voxels a remove click took away
+            snap_lesion_edges(sub, hu, self.image.GetSpacing()[::-1], only_near=ndimage.binary_dilation(touched))
+        changed = int((before != (sub == LESION)).sum())
         return RefineStep(click, box, changed, time.perf_counter() - t)
 
     def labelmap(self) -> sitk.Image:
