@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -191,6 +192,10 @@ def evaluate(image_path: Path, slice_labels, work: Path, *, method: str = "thres
     from CovidCTAnalysisLib.results.outputs import LABELMAP_NII, REPORT_JSON
 
     analysis, refined = work / "analysis", work / "refined"
+    for earlier in (analysis, refined):  # a kept --work-dir of an earlier run: this run's outputs replace its own
+        if earlier.exists():
+            print(f"replacing {earlier} of an earlier run", flush=True)
+            shutil.rmtree(earlier)
     common = ["--models-dir", str(models_dir)] if models_dir else []
     t0 = time.perf_counter()
     _covidct(["analyze", str(image_path), "-o", str(analysis), "--method", method, "--segment", "always",
@@ -323,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-remove", type=int, default=5)
     p.add_argument("--min-gap-mm", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--work-dir", help="keep the analysis, markups and refined result here (default: a temp folder)")
+    p.add_argument("--work-dir", help="keep the analysis, markups and refined result here (default: a temp folder); the "
+                                          "analysis/ and refined/ of an earlier run there are replaced")
     args = p.parse_args(argv)
     import torch
 
