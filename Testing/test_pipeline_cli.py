@@ -224,6 +224,9 @@ def test_model_method_end_to_end_with_tiny_models(covid_nifti, tiny_models, tmp_
     for m in ids.values():
         assert len(m["sha256"]) == 64 and m["version"] == "0.0.1" and m["trained_on"]
     assert report["segmentation"]["ran"] is True
+    # what post-processing changed in the untrained segmenter's labels (stray pieces, lesion outside the ribs...)
+    changes = report["segmentation"]["postprocessing"]
+    assert changes and all(isinstance(c, str) and c for c in changes), changes
     assert report["lung_crosscheck"] is not None and "flag" in report["lung_crosscheck"]
     assert "DEMO" in report["warning"]
     assert "DEMO" in stdout and "test-classifier v0.0.1" in stdout

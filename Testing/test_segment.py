@@ -110,12 +110,13 @@ def test_labels_land_on_the_lungs_and_sides_follow_the_patient(direction):
     img, truth = ct(direction)
     # one window covers the whole model grid, so the network's (wrong) sides are consistent
     model = LoadedModel(metadata=meta(roi_size=[32, 32, 32]), module=LungsOnTheWrongSides(), path=Path("."))
-    notes = Notes()
-    out = sitk.GetArrayFromImage(segment(img, None, model, "cpu", notes))
+    notes, kept = Notes(), []
+    out = sitk.GetArrayFromImage(segment(img, None, model, "cpu", notes, notes=kept))
     lung_truth, lung_found = truth > 0, np.isin(out, (1, 2))
     dice = 2 * (lung_truth & lung_found).sum() / (lung_truth.sum() + lung_found.sum())
     assert dice > 0.9
     assert any("left/right lung labels were reversed" in n for n in notes.lines), notes.lines  # the swap ran
+    assert [f"segmentation post-processing: {n}" for n in kept] == notes.lines  # report.json gets what was logged
     # after the swap label 1 is on the patient's left: every found lung voxel on its true side
     both = lung_truth & lung_found
     assert (out[both] == truth[both]).mean() > 0.995

@@ -205,6 +205,7 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
     warnings: list[str] = []  # for report.json "warnings": what a reader of the result must see
     model_metas = []
     seg_reason = ""
+    seg_notes: list[str] = []  # what the model path's post-processing changed (segmentation.postprocessing)
     if method == "model":
         from CovidCTAnalysisLib.inference.classify import classify
         from CovidCTAnalysisLib.threshold.lungs import compare_lungs, lung_extent, segment_lungs
@@ -238,7 +239,7 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
                 cage = inside_rib_cage(volume.image, lungs)
             with stage("segment"):
                 labelmap = run_segmenter(volume, extent, seg_model, dev, _SubProgress(progress, 0.42, 0.8),
-                                         rib_cage=cage)
+                                         rib_cage=cage, notes=seg_notes)
             del cage
             del seg_model
             with stage("lung_crosscheck"):
@@ -311,7 +312,8 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
         rep = report.build_report(
             volume=volume, method=method, device=describe_device(dev) if method == "model" else "cpu",
             classification=report.classification_section(classification, method), segmentation_ran=labelmap is not None,
-            segmentation_reason=seg_reason, segments=segments, lesion_percent=lesion_pct, reference=ref_metrics,
+            segmentation_reason=seg_reason, segmentation_notes=seg_notes, segments=segments, lesion_percent=lesion_pct,
+            reference=ref_metrics,
             models=models, lung_crosscheck=crosscheck, dicom_seg=dseg, timings_s={}, files=files, warnings=warnings)
         write_preview(volume.image, shown, tmp / outputs.PREVIEW_PNG, report.title_lines(rep))
         rep["timings_s"] = {k: round(v, 3) for k, v in stage.total().items()}

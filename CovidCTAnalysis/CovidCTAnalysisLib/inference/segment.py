@@ -152,12 +152,14 @@ def _resampled_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image,
 
 
 def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device: torch.device | str,
-            progress: Progress | None = None, rib_cage: sitk.Image | None = None) -> sitk.Image:
+            progress: Progress | None = None, rib_cage: sitk.Image | None = None,
+            notes: list[str] | None = None) -> sitk.Image:
     """uint8 labelmap (1 left lung, 2 right lung, 3 lesion) on ``volume``'s grid, post-processed.
 
     ``lung_box``: ``LungExtent`` / (x0, y0, z0, x1, y1, z1) / None (see ``lung_box_with_margin``).
     ``rib_cage``: 0/1 on ``volume``'s grid (``threshold.rib_cage.inside_rib_cage``); lesion outside it is
-    removed. Notes from post-processing (e.g. a left/right swap) go to ``progress.log``.
+    removed. Notes from post-processing (e.g. a left/right swap) go to ``progress.log`` and, when ``notes`` is a
+    list, are appended to it (``report.json``'s ``segmentation.postprocessing``).
     """
     progress = progress or Progress()
     image = volume.image if isinstance(volume, CTVolume) else volume
@@ -186,10 +188,12 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     has_lungs = LEFT_LUNG in channel_labels.values() or RIGHT_LUNG in channel_labels.values()
     cage = None if rib_cage is None else sitk.GetArrayFromImage(rib_cage)[z0:z1, y0:y1, x0:x1] > 0
     hu = sitk.GetArrayViewFromImage(image)[z0:z1, y0:y1, x0:x1]
-    cleaned, notes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
+    cleaned, changes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
                                             rib_cage=cage, hu=hu)
-    for note in notes:
+    for note in changes:
         progress.log(f"segmentation post-processing: {note}")
+    if notes is not None:
+        notes.extend(changes)
     full = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
     full[z0:z1, y0:y1, x0:x1] = sitk.GetArrayViewFromImage(cleaned)
     progress.step("segment", 1.0, f"Segmented ({n_vox} model voxels)")

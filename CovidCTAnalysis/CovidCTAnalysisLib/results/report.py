@@ -12,7 +12,7 @@ from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.constants import CLASS_NAMES
 from CovidCTAnalysisLib.loading.volume import CTVolume
 
-REPORT_SCHEMA_VERSION = "1.1"  # 1.1: "warnings" added
+REPORT_SCHEMA_VERSION = "1.2"  # 1.1: "warnings" added; 1.2: "segmentation.postprocessing"
 DEMO_TAG = "DEMO model trained on synthetic phantoms"
 
 
@@ -55,9 +55,10 @@ def build_report(*, volume: CTVolume, method: str, device: str, classification: 
                  segmentation_reason: str, segments: list[dict] | None, lesion_percent: dict | None,
                  reference: dict | None, models: list[dict], lung_crosscheck: dict | None,
                  dicom_seg: dict | None, timings_s: dict[str, float], files: dict[str, str],
-                 warnings: list[str] | None = None) -> dict[str, Any]:
+                 warnings: list[str] | None = None, segmentation_notes: list[str] | None = None) -> dict[str, Any]:
     """Assemble the report dict (the JSON written to ``report.json``). ``warnings``: what a reader of the
-    result must see (little lung in the scan, model lungs disagreeing with the threshold lungs)."""
+    result must see (little lung in the scan, model lungs disagreeing with the threshold lungs);
+    ``segmentation_notes``: what post-processing changed in the model's labels (``segmentation.postprocessing``)."""
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "software": {"name": "CovidCTAnalysis", "version": __version__},
@@ -66,7 +67,8 @@ def build_report(*, volume: CTVolume, method: str, device: str, classification: 
         "method": method,
         "device": device,
         "classification": classification,
-        "segmentation": {"ran": segmentation_ran, "reason": segmentation_reason},
+        "segmentation": {"ran": segmentation_ran, "reason": segmentation_reason,
+                         "postprocessing": list(segmentation_notes or [])},
         "segments": segments or [],
         "statistics": {"lesion_percent": lesion_percent or {"left": None, "right": None, "total": None}},
         "models": models,
