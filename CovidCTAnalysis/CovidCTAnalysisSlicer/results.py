@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTAnalysisLib import INTENDED_USE, constants
+from CovidCTAnalysisLib.models.metadata import demo_tag
 from CovidCTAnalysisLib.results.outputs import REPORT_JSON, SEG_NRRD
 
 from CovidCTAnalysisSlicer.segmentations import loadSegNrrdIntoSegmentationNode
@@ -86,7 +87,7 @@ def provenanceLine(report: dict[str, Any]) -> str:
     """The models that made the result: id, version, sha256 prefix, training data, DEMO tag."""
     parts = []
     for model in report.get("models") or []:
-        demo = " [DEMO: trained on synthetic phantoms]" if model.get("demo") else ""
+        demo = f" [{demo_tag(model)}]" if model.get("demo") else ""
         sha = str(model.get("sha256", ""))[:12]
         trained = f"; trained on {model['trained_on']}" if model.get("trained_on") else ""
         parts.append(f"{model.get('task', 'model')}: {model.get('id', '?')} v{model.get('version', '?')} "

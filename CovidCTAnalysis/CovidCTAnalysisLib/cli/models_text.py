@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from CovidCTAnalysisLib.models.metadata import ModelMetadata
+from CovidCTAnalysisLib.models.metadata import ModelMetadata, demo_tag
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -74,7 +74,7 @@ def _case_line(case: dict, meta: ModelMetadata, class_names: list[str]) -> str:
 def show_text(meta: ModelMetadata, folder: str) -> str:
     """The details of one model, for ``covidct models show``."""
     raw = meta.raw
-    lines = [f"{meta.id}@{meta.version}  ({meta.task}){'  DEMO: trained on synthetic phantoms' if meta.demo else ''}",
+    lines = [f"{meta.id}@{meta.version}  ({meta.task}){'  ' + demo_tag(raw) if meta.demo else ''}",
              f"  folder:        {folder}",
              f"  sha256:        {meta.sha256}",
              f"  name:          {raw.get('name', '')}",

@@ -18,6 +18,8 @@ from CovidCTAnalysisLib.cohort import svg
 from CovidCTAnalysisLib.cohort.settings import read_batch_json
 from CovidCTAnalysisLib.constants import CLASS_NAMES
 from CovidCTAnalysisLib.files import write_text
+from CovidCTAnalysisLib.models.metadata import demo_tag
+from CovidCTAnalysisLib.results.report import demo_warning
 
 REPORT_HTML = "report.html"
 NOT_CLASSIFIED = "not classified"
@@ -67,19 +69,20 @@ def _class_of(row: dict[str, Any]) -> str:
     return row.get("class") or NOT_CLASSIFIED
 
 
-def _models_section(batch: dict[str, Any] | None) -> tuple[str, bool]:
+def _models_section(batch: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The models table, and the DEMO warning when a DEMO model made the results (else None)."""
     models = (batch or {}).get("models") or []
     settings = (batch or {}).get("settings") or {}
     if not models:
         return (f"<p>No model: method <b>{escape(str(settings.get('method', 'unknown')))}</b> "
-                "(lungs and lesions by HU thresholds, no classification).</p>"), False
+                "(lungs and lesions by HU thresholds, no classification).</p>"), None
     rows = "".join(
         f"<tr><td>{escape(str(m.get('task')))}</td><td>{escape(str(m.get('id')))}</td>"
         f"<td>{escape(str(m.get('version')))}</td><td><code>{escape(str(m.get('sha256')))}</code></td>"
-        f"<td>{'<b>DEMO</b> (synthetic phantoms)' if m.get('demo') else 'no'}</td>"
+        f"<td>{f'<b>{escape(demo_tag(m))}</b>' if m.get('demo') else 'no'}</td>"
         f"<td>{escape(str(m.get('trained_on') or ''))}</td></tr>" for m in models)
     return ("<table><thead><tr><th>task</th><th>id</th><th>version</th><th>sha256</th><th>demo</th>"
-            f"<th>trained on</th></tr></thead><tbody>{rows}</tbody></table>"), any(m.get("demo") for m in models)
+            f"<th>trained on</th></tr></thead><tbody>{rows}</tbody></table>"), demo_warning(models)
 
 
 def build_html(rows: list[dict[str, Any]], batch: dict[str, Any] | None) -> str:
@@ -110,7 +113,7 @@ def build_html(rows: list[dict[str, Any]], batch: dict[str, Any] | None) -> str:
 <h1>Cohort report</h1>
 <p class="muted">CovidCTAnalysis {version}, method {escape(str(settings.get('method', '')))}, written
 {escape(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}. <b>{escape(INTENDED_USE)}</b></p>
-{'<p class="demo">DEMO models trained on synthetic phantoms: these results are for demonstration only.</p>' if demo else ''}
+{f'<p class="demo">{escape(demo)}</p>' if demo else ''}
 <p><b>{len(rows)}</b> scans: <b>{len(ok)}</b> analysed, <b>{len(failed)}</b> failed.</p>
 <h2>Classes</h2><div class="charts"><figure>{svg.bars(counts, 'Scans per class')}</figure></div>
 <h2>Lesion percent per class</h2><div class="charts">{hists or '<p>No lesion statistics (no segmentation ran).</p>'}</div>

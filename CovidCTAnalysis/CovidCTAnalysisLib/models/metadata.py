@@ -14,7 +14,8 @@ core needs to run the model exactly as it was trained:
 ``architecture``     ``{"name": "resnet50"|"monai.UNet", "kwargs": {...}}`` passed to
                      ``build_classifier``/``build_segmenter``
 ``sha256``           of ``model.safetensors``
-``demo``             true for models trained on synthetic phantoms
+``demo``             true for DEMO models: trained on synthetic phantoms (and, with ``training_data.mix.real_patients``,
+                     synthetic lesions painted into real lesion-free CTs); ``demo_tag`` words it for results
 ``trained_on``       one line saying what data trained it (shown wherever results appear)
 ``training_data``    datasets, split, seed, case counts
 ``eval_metrics``     measured metrics on the held-out split
@@ -99,6 +100,7 @@ class ModelMetadata:
             "task": self.task,
             "sha256": self.sha256,
             "demo": self.demo,
+            "demo_tag": demo_tag(self.raw),
             "trained_on": self.trained_on,
             "eval_metrics": self.eval_metrics,
             "intended_use": self.raw["intended_use"],
@@ -106,8 +108,27 @@ class ModelMetadata:
 
     def label_line(self) -> str:
         """One human line, e.g. for the Slicer panel and the CLI summary."""
-        tag = " [DEMO: trained on synthetic phantoms]" if self.demo else ""
-        return f"{self.id} v{self.version} (sha256 {self.sha256[:12]}){tag}"
+        tag = demo_tag(self.raw)
+        return f"{self.id} v{self.version} (sha256 {self.sha256[:12]}){f' [{tag}]' if tag else ''}"
+
+
+def demo_tag(model: dict[str, Any], short: bool = False) -> str:
+    """How the results of a DEMO model say so ('' for a model that is not DEMO). ``model``: its metadata or its
+    ``provenance()`` (which carries the tag). The wording follows what it learned from: phantoms only, or also
+    real lesion-free CTs with synthetic lesions (``training_data.mix.real_patients``), never a real lesion outline.
+    ``short``: for DICOM fields of 64 characters."""
+    if not model.get("demo"):
+        return ""
+    if "demo_tag" in model:  # a provenance() dict
+        tag = str(model["demo_tag"])
+    else:
+        mix = (model.get("training_data") or {}).get("mix") or {}
+        n = len(mix.get("real_patients") or [])
+        tag = (f"DEMO: trained on synthetic phantoms and synthetic lesions in {n} real CT{'s' if n > 1 else ''}"
+               if n else "DEMO: trained on synthetic phantoms")
+    if short:
+        return "DEMO: synthetic lesions" if "real CT" in tag else "DEMO: synthetic phantoms"
+    return tag
 
 
 def validate_metadata(raw: dict[str, Any], where: str = "metadata.json") -> ModelMetadata:

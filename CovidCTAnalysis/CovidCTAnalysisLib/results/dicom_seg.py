@@ -38,13 +38,13 @@ from CovidCTAnalysisLib.errors import DicomSegError
 from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.loading.dicom_scan import format_uid, uid_problem
 from CovidCTAnalysisLib.loading.volume import CTVolume, DicomSource
+from CovidCTAnalysisLib.models.metadata import demo_tag
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERIES_DESCRIPTION = "CovidCTAnalysis lungs and lesions (research)"
 CORRECTED_SERIES_DESCRIPTION = "CovidCTAnalysis lungs and lesions, corrected (research)"
 DEFAULT_SERIES_NUMBER = 1000
-DEMO_TAG = "[DEMO: synthetic phantoms]"
 MANUFACTURER = "CovidCTAnalysis"
 NEEDS_DICOM_SOURCE = ("DICOM SEG needs a DICOM source series (the input was {fmt}); load a DICOM folder "
                       "to export a DICOM SEG")
@@ -234,8 +234,8 @@ def _algorithm_identification(models: Sequence[Any]) -> hd.AlgorithmIdentificati
         return hd.AlgorithmIdentificationSequence(
             name="CovidCTAnalysis threshold method", version=__version__,
             family=codes.cid7162.HistogramAnalysis)
-    demo = any(i.get("demo") for i in seg_models)
-    tag = f" {DEMO_TAG}" if demo else ""
+    demo = _demo_tag(seg_models)
+    tag = f" [{demo}]" if demo else ""
     name = " + ".join(str(i["id"]) for i in seg_models)[: 64 - len(tag)] + tag  # LO: 64 characters; keep the tag
     version = " + ".join(str(i["version"]) for i in seg_models)
     return hd.AlgorithmIdentificationSequence(name=name, version=version[:64],
@@ -244,11 +244,19 @@ def _algorithm_identification(models: Sequence[Any]) -> hd.AlgorithmIdentificati
 
 def _content_description(models: Sequence[Any], corrected: bool = False) -> str:
     """ContentDescription (LO, 64 characters): a demo model is labelled as such in the file itself."""
-    if any(_model_info(m).get("demo") for m in models):
-        return "DEMO model (synthetic phantoms); research use, not for diagnosis"
+    demo = _demo_tag([_model_info(m) for m in models])
+    if demo:
+        return f"DEMO model ({demo.split(': ', 1)[1]}); research use, not for diagnosis"
     if corrected:
         return "Lungs and lesions, lesion corrected by clicks; research use"
     return "Lungs and lesions, automatic; research use, not for diagnosis"
+
+
+def _demo_tag(infos: list[dict[str, Any]]) -> str | None:
+    """The short DEMO tag of these models' result (64-character fields): "DEMO: synthetic lesions" when one of them
+    also learned from real lesion-free CTs, "DEMO: synthetic phantoms" when they learned from phantoms only."""
+    tags = {demo_tag(i, short=True) for i in infos if i.get("demo")}
+    return max(tags, key=lambda t: "lesions" in t) if tags else None
 
 
 def _model_info(model: Any) -> dict[str, Any]:

@@ -11,9 +11,20 @@ from typing import Any
 from CovidCTAnalysisLib import INTENDED_USE, __version__
 from CovidCTAnalysisLib.constants import CLASS_NAMES
 from CovidCTAnalysisLib.loading.volume import CTVolume
+from CovidCTAnalysisLib.models.metadata import demo_tag
 
 REPORT_SCHEMA_VERSION = "1.2"  # 1.1: "warnings" added; 1.2: "segmentation.postprocessing"
-DEMO_TAG = "DEMO model trained on synthetic phantoms"
+
+
+def demo_tags(models: list[dict[str, Any]]) -> list[str]:
+    """The DEMO tags of the models that made a result (``models/metadata.demo_tag``), each once, in order."""
+    return list(dict.fromkeys(t for t in (demo_tag(m) for m in models) if t))
+
+
+def demo_warning(models: list[dict[str, Any]]) -> str | None:
+    """``report.json``'s ``warning`` when a DEMO model made the result, else None."""
+    tags = demo_tags(models)
+    return f"{'; '.join(tags)}: results are for demonstration only." if tags else None
 
 
 def describe_input(volume: CTVolume) -> dict[str, Any]:
@@ -77,8 +88,8 @@ def build_report(*, volume: CTVolume, method: str, device: str, classification: 
         "files": files,
         "warnings": list(warnings or []),
     }
-    if any(m.get("demo") for m in models):
-        report["warning"] = f"{DEMO_TAG}: results are for demonstration only."
+    if demo_warning(models):
+        report["warning"] = demo_warning(models)
     if reference is not None:
         report["reference"] = {k: v for k, v in reference.items() if k not in ("dice", "hd95_mm")}
         report["dice"] = reference["dice"]
@@ -104,8 +115,7 @@ def title_lines(report: dict[str, Any]) -> list[str]:
     lines = [first, f"Lesion: left {_fmt_pct(lp.get('left'))}, right {_fmt_pct(lp.get('right'))}, "
                     f"total {_fmt_pct(lp.get('total'))}",
              "Research use, not for diagnosis."]
-    if any(m.get("demo") for m in report["models"]):
-        lines.append(DEMO_TAG)
+    lines += demo_tags(report["models"])
     return lines
 
 
