@@ -11,7 +11,7 @@ import torch
 from CovidCTAnalysisLib.cli import models as cli_models
 from CovidCTAnalysisLib.errors import InputError, ModelError, OutputError
 from CovidCTAnalysisLib.models.device import select_device
-from CovidCTAnalysisLib.models.folder import load_model_folder
+from CovidCTAnalysisLib.models.folder import load_model_folder, loads_so_far
 from CovidCTAnalysisLib.models.metadata import METADATA_FILE, WEIGHTS_FILE
 from CovidCTAnalysisLib.models.networks import build_segmenter, sha256_file
 from CovidCTAnalysisLib.models.registry import ModelRegistry, default_models_dir, save_model_folder, version_key
@@ -94,7 +94,9 @@ def test_install_list_verify_resolve_load(tmp_path):
         reg.resolve("segmentation", "seg-test@9.9.9")
     with pytest.raises(ModelError, match="is a segmentation model"):
         reg.resolve("classification", "seg-test")
+    before = loads_so_far()
     loaded = reg.load(None, task="segmentation")
+    assert loads_so_far() == before + 1  # what the interactive worker reports as model_loads
     assert not loaded.module.training
     ref = tiny_segmenter().state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in loaded.module.state_dict().items())

@@ -48,9 +48,16 @@ class RefineWorker:
 
     def __init__(self, model, device) -> None:
         self.model, self.device = model, device
-        self.model_loads = 1  # only ``load_from`` loads; every answer reports the count (tests: it stays 1)
         self.refiner = None
         self.undoStack: list[tuple[tuple[int, ...], np.ndarray]] = []
+
+    @property
+    def model_loads(self) -> int:
+        """Model folders this process has loaded so far (``models.folder.loads_so_far``): 1 for the life of a
+        worker, which every answer shows; a click that reloaded the model would raise it."""
+        from CovidCTAnalysisLib.models.folder import loads_so_far
+
+        return loads_so_far()
 
     @classmethod
     def load_from(cls, registry, meta, device) -> RefineWorker:

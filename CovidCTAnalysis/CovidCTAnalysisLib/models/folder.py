@@ -156,6 +156,14 @@ _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat1
                        torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
+_LOADS = {"count": 0}  # model folders loaded by this process (the interactive worker reports it with each answer)
+
+
+def loads_so_far() -> int:
+    """How many model folders this process has loaded (``load_model_folder`` calls that got as far as the weights)."""
+    return _LOADS["count"]
+
+
 def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Verify (sha256) and load a model folder into its network, in eval mode on ``device``."""
     from safetensors.torch import load_file
@@ -163,6 +171,7 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
     path = Path(path)
     meta = check_model_folder(path)
     state = load_file(str(path / WEIGHTS_FILE))
+    _LOADS["count"] += 1
     # Build on the meta device and adopt the loaded tensors: skips a random initialisation of
     # ~25 M parameters that the weights would overwrite anyway (about a second on 2 cores).
     with torch.device("meta"):
