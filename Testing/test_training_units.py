@@ -215,7 +215,7 @@ def test_precision_auto_takes_bf16_only_where_the_device_runs_it_natively(monkey
     cpu, said = torch.device("cpu"), []
     monkeypatch.setattr(common, "native_bf16", lambda device: False)
     auto = common.Precision("auto", cpu, spatial_dims=3, log=said.append)
-    assert (auto.name, auto.requested, auto.memory_format) == ("fp32", "auto", torch.channels_last_3d)
+    assert (auto.name, auto.requested, auto.memory_format) == ("fp32", "auto", torch.contiguous_format)
     forced = common.Precision("bf16", cpu, spatial_dims=2, log=said.append)
     assert forced.name == "bf16"  # asked for explicitly: kept, but said
     assert "fp32 (cpu has no native bfloat16)" in said[0] and "emulates" in said[1] and len(said) == 2
