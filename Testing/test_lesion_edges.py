@@ -101,12 +101,26 @@ def test_only_the_pieces_near_a_change_move():
     assert (labels[:, :, :60] == LESION).sum() > (original[:, :, :60] == LESION).sum()
 
 
+def test_lesion_grows_only_where_allowed():
+    # post-processing passes the rib cage: an edge must not carry lesion back out of it
+    labels, hu, _, rho = _scene()
+    labels[(rho < 9.0) & (labels > 0)] = LESION
+    original = labels.copy()
+    allowed = np.zeros(SHAPE, bool)
+    allowed[:, :, :85] = True  # the ball's centre column is x 85: only its low-x half may grow
+    added, _ = snap_lesion_edges(labels, hu, SPACING, allowed=allowed)
+    grown = (labels == LESION) & (original != LESION)
+    assert added > 0 and grown.any() and not grown[:, :, 85:].any()
+
+
 def test_grids_that_differ_are_refused():
     labels, hu, _, _ = _scene()
     with pytest.raises(ValueError, match="same grid"):
         snap_lesion_edges(labels, hu[:-1], SPACING)
     with pytest.raises(ValueError, match="only_near"):
         snap_lesion_edges(labels, hu, SPACING, only_near=np.zeros((2, 2, 2), bool))
+    with pytest.raises(ValueError, match="allowed"):
+        snap_lesion_edges(labels, hu, SPACING, allowed=np.zeros((2, 2, 2), bool))
 
 
 def test_postprocessing_snaps_the_edges_when_given_the_image_and_says_so():

@@ -35,14 +35,16 @@ MIN_RING_VOXELS = 20  # fewer lung voxels around it than this: the lung HU of th
 
 
 def snap_lesion_edges(labels: np.ndarray, hu: np.ndarray, spacing_zyx, band_mm: float = BAND_MM,
-                      only_near: np.ndarray | None = None) -> tuple[int, int]:
+                      only_near: np.ndarray | None = None, allowed: np.ndarray | None = None) -> tuple[int, int]:
     """Move each lesion piece's edge of ``labels`` (uint8 (z, y, x), 1/2/3) onto the half-way HU of ``hu`` (same
     grid), **in place** (module doc); returns (voxels added, voxels removed). ``only_near`` (bool, same grid):
-    only the pieces that hold one of its voxels (a click's change), or all pieces when None."""
-    if labels.shape != hu.shape or (only_near is not None and only_near.shape != labels.shape):
-        raise ValueError(f"labels of shape {labels.shape}, HU of shape {hu.shape}"
-                         f"{'' if only_near is None else f', only_near of shape {only_near.shape}'}; "
-                         "expected the same grid")
+    only the pieces that hold one of its voxels (a click's change), or all pieces when None. ``allowed`` (bool,
+    same grid): where lesion may be added (post-processing passes the rib cage), or anywhere in the lungs."""
+    for name, mask in (("only_near", only_near), ("allowed", allowed)):
+        if mask is not None and mask.shape != labels.shape:
+            raise ValueError(f"{name} of shape {mask.shape}; expected the labels' grid {labels.shape}")
+    if labels.shape != hu.shape:
+        raise ValueError(f"labels of shape {labels.shape} and HU of shape {hu.shape}; expected the same grid")
     spacing = tuple(float(s) for s in spacing_zyx)
     lesion = pieces(labels == LESION)
     if lesion.n == 0:
@@ -81,6 +83,8 @@ def snap_lesion_edges(labels: np.ndarray, hu: np.ndarray, spacing_zyx, band_mm: 
         touching[0] = False
         new = kept.select(touching)
         add, drop = new & lung, own & ~new
+        if allowed is not None:
+            add &= allowed[box]
         if drop.any():
             sub[drop] = nearest_lung_side(labels, _xyz_box(box), drop)
         sub[add] = LESION

@@ -201,7 +201,8 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
                          f"{lesion_margin_mm:g} mm from the lungs")
 
     if hu is not None and (sub == LESION).any():
-        added, removed = snap_lesion_edges(sub, hu[box], spacing_zyx)
+        cage = None if rib_cage is None else rib_cage[box]  # no lesion grows out of the rib cage again
+        added, removed = snap_lesion_edges(sub, hu[box], spacing_zyx, allowed=cage)
         if added or removed:
             notes.append(f"lesion edges moved onto the half-way HU between lesion and lung (within {BAND_MM:g} mm): "
                          f"+{added * voxel_ml:.1f} mL, -{removed * voxel_ml:.1f} mL")
