@@ -49,8 +49,7 @@ def snap_lesion_edges(labels: np.ndarray, hu: np.ndarray, spacing_zyx, band_mm: 
     lesion = pieces(labels == LESION)
     if lesion.n == 0:
         return 0, 0
-    lung_all = (labels == LEFT_LUNG) | (labels == RIGHT_LUNG)
-    lung_hu_all = float(np.median(hu[lung_all])) if lung_all.any() else None
+    lung_hu_all: list[float | None] = []  # the whole labelmap's lung HU, computed once if a piece needs it
     pad = [int(np.ceil(2 * band_mm / s)) + 1 for s in spacing]
     added = removed = 0
     chosen = None
@@ -71,7 +70,13 @@ def snap_lesion_edges(labels: np.ndarray, hu: np.ndarray, spacing_zyx, band_mm: 
             continue
         lesion_hu = float(np.median(h[core]))
         ring = lung & (depth_out > band_mm)
-        lung_hu = float(np.median(h[ring])) if ring.sum() >= MIN_RING_VOXELS else lung_hu_all
+        if ring.sum() >= MIN_RING_VOXELS:
+            lung_hu = float(np.median(h[ring]))
+        else:
+            if not lung_hu_all:
+                lung_all = (labels == LEFT_LUNG) | (labels == RIGHT_LUNG)
+                lung_hu_all.append(float(np.median(hu[lung_all])) if lung_all.any() else None)
+            lung_hu = lung_hu_all[0]
         if lung_hu is None or lesion_hu - lung_hu < MIN_CONTRAST_HU:
             continue
         half_way = (lesion_hu + lung_hu) / 2.0

@@ -127,8 +127,9 @@ def correct_result(result_dir: str | Path, clicks: list[Click], output_dir: str 
         "rule": ("only the lesion label changed, only inside each click's ROI and within the lungs; merge rule "
                  f"{refiner.rule}"),
     }
-    if report_mod.demo_warning(rep["models"]):
-        rep["warning"] = report_mod.demo_warning(rep["models"])
+    warning = report_mod.demo_warning(rep["models"])
+    if warning:
+        rep["warning"] = warning
     files = dict(rep.get("files") or {})
     with outputs.atomic_output_dir(out, force=in_place) as tmp:
         outputs.write_seg_nrrd(new, tmp / outputs.SEG_NRRD)

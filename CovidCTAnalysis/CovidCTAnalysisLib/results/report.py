@@ -88,8 +88,9 @@ def build_report(*, volume: CTVolume, method: str, device: str, classification: 
         "files": files,
         "warnings": list(warnings or []),
     }
-    if demo_warning(models):
-        report["warning"] = demo_warning(models)
+    warning = demo_warning(models)
+    if warning:
+        report["warning"] = warning
     if reference is not None:
         report["reference"] = {k: v for k, v in reference.items() if k not in ("dice", "hd95_mm")}
         report["dice"] = reference["dice"]
