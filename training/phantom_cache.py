@@ -8,11 +8,12 @@ Phantom kinds map to classes: normal -> Normal, pneumonia -> Pneumonia, covid ->
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
+
+from training.parallel import map_processes, worker_count
 
 KIND_TO_CLASS = {"normal": "Normal", "pneumonia": "Pneumonia", "covid": "COVID-19"}
 
@@ -105,23 +106,13 @@ def phantom_set(kinds: list[str], seeds: list[int], cache_dir: str | Path, spaci
             missing.append((kind, seed))
     if log is not None and done:
         log("phantoms", f"{len(done)}/{total} phantoms already in {cache_dir}")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(missing)))
-    if workers == 1:
-        for kind, seed in missing:
-            done[(kind, seed)] = phantom_files(kind, seed, cache_dir, spacing=spacing, size=size)
-            if log is not None:
-                log("phantoms", f"phantom {len(done)}/{total}: {kind} seed {seed}")
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    n = worker_count(len(missing), workers)
 
-        # spawn, not fork: the parent may hold torch's thread pools, which forked children must not inherit
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(phantom_files, kind, seed, cache_dir, spacing, size): (kind, seed)
-                       for kind, seed in missing}
-            for future in as_completed(futures):
-                kind, seed = futures[future]
-                done[(kind, seed)] = future.result()
-                if log is not None:
-                    log("phantoms", f"phantom {len(done)}/{total}: {kind} seed {seed} ({workers} processes)")
+    def made(_i, job, files):
+        done[job[:2]] = files
+        if log is not None:
+            log("phantoms", f"phantom {len(done)}/{total}: {job[0]} seed {job[1]}"
+                            + (f" ({n} processes)" if n > 1 else ""))
+
+    map_processes(phantom_files, [(kind, seed, cache_dir, spacing, size) for kind, seed in missing], n, made)
     return [done[pair] for pair in pairs]
