@@ -77,7 +77,7 @@ def test_one_seed_draws_differently_per_background(background):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_backgrounds_hold_only_clear_slices(shared_data, tmp_path):
+def test_real_backgrounds_hold_only_clear_slices(shared_data, tmp_path, monkeypatch):
     labels = json.loads((shared_data / "covid-ct-md" / "labels.json").read_text())["cases"]
     backgrounds = hy.real_backgrounds(shared_data)
     names = [b.case_id for b in backgrounds]
@@ -92,3 +92,18 @@ def test_real_backgrounds_hold_only_clear_slices(shared_data, tmp_path):
     assert len(cases) == len(backgrounds) and {c.group for c in cases} == {"real-P001", "real-cap001", "real-normal001"}
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[-1].label)))
     assert (truth == LESION).sum() > 0 and (truth == 1).sum() > 0 and (truth == 2).sum() > 0
+    # Painted in processes, the same case as painted here; read back from the cache without segmenting the
+    # real scans again (their background names are kept beside the cases)
+    image, _, _ = hy.make_hybrid(backgrounds[-1], "covid", 0)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(cases[-1].image))), sitk.GetArrayFromImage(image))
+
+    def no_reading(real):
+        raise AssertionError(f"{real.patient} read again although its hybrids are cached")
+
+    monkeypatch.setattr(hy, "patient_backgrounds", no_reading)
+    again = hy.hybrid_seg_cases(shared_data, ["covid"], [0], tmp_path)
+    assert [(c.case_id, c.image, c.label) for c in again] == [(c.case_id, c.image, c.label) for c in cases]
+    # A case file gone: that patient's backgrounds are made again (and the case repainted)
+    cases[0].image.unlink()
+    with pytest.raises(AssertionError, match="read again"):
+        hy.hybrid_seg_cases(shared_data, ["covid"], [0], tmp_path)

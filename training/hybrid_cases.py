@@ -35,6 +35,7 @@ real patient on one side.
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from CovidCTAnalysisLib.constants import CONSOLIDATION_BAND_HU, GGO_BAND_HU, LEFT_LUNG, LESION, RIGHT_LUNG
+from CovidCTAnalysisLib.files import atomic_path
 from CovidCTAnalysisLib.masks import swap_left_right
 from CovidCTAnalysisLib.phantom.canvas import Canvas, SmoothField, tube_weight
 from CovidCTAnalysisLib.phantom.lesions import Lesion, paint_lesion
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 from scipy import ndimage as ndi
 
+from training.parallel import map_processes
 from training.real_cases import covid_ct_md_sample, real_group
 
 HYBRID_VERSION = "3"  # bump when a (background, kind, seed) case changes: the cache keys on it
@@ -82,21 +85,26 @@ def clear_runs(slice_labels: list[int], min_len: int = MIN_CLEAR_SLICES) -> list
     return runs
 
 
+def patient_backgrounds(real) -> list[Background]:
+    """The lesion-free backgrounds of one real case (``real_cases.RealCase``): the whole scan when it has no slice
+    labels (normal001), else its clear runs that hold lung."""
+    image = sitk.ReadImage(str(real.image_path))
+    lungs = segment_lungs(image)
+    labels = real.slice_labels
+    runs = clear_runs(list(real.labels_or_clear(image.GetSize()[2])))
+    lung_z = sitk.GetArrayViewFromImage(lungs).any(axis=(1, 2))
+    out = []
+    for z0, z1 in runs:
+        if lung_z[z0:z1].sum() < MIN_CLEAR_SLICES:
+            continue
+        name = real.patient if labels is None else f"{real.patient}-z{z0}-{z1 - 1}"
+        out.append(Background(name, real.patient, image[:, :, z0:z1], lungs[:, :, z0:z1]))
+    return out
+
+
 def real_backgrounds(shared_data: Path, exclude: frozenset[str] | set[str] = frozenset()) -> list[Background]:
     """normal001 whole plus the clear runs of P001 and cap001 that hold lung, minus ``exclude``'s patients."""
-    out = []
-    for real in covid_ct_md_sample(Path(shared_data), exclude):
-        image = sitk.ReadImage(str(real.image_path))
-        lungs = segment_lungs(image)
-        labels = real.slice_labels
-        runs = clear_runs(list(real.labels_or_clear(image.GetSize()[2])))
-        lung_z = sitk.GetArrayViewFromImage(lungs).any(axis=(1, 2))
-        for z0, z1 in runs:
-            if lung_z[z0:z1].sum() < MIN_CLEAR_SLICES:
-                continue
-            name = real.patient if labels is None else f"{real.patient}-z{z0}-{z1 - 1}"
-            out.append(Background(name, real.patient, image[:, :, z0:z1], lungs[:, :, z0:z1]))
-    return out
+    return [b for real in covid_ct_md_sample(Path(shared_data), exclude) for b in patient_backgrounds(real)]
 
 
 def _canvas(image: sitk.Image, lungs: np.ndarray, hu: np.ndarray) -> Canvas:
@@ -290,18 +298,46 @@ def hybrid_seg_cases(shared_data: Path, kinds: list[str], seeds: list[int], cach
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cases = []
-    for background in real_backgrounds(shared_data, exclude):
-        for kind in kinds:
-            for seed in seeds:
-                stem = cache_dir / f"hybrid_v{HYBRID_VERSION}_{background.case_id}_{kind}_{seed}"
-                image_path, truth_path = Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_truth.nii.gz")
-                if not (image_path.is_file() and truth_path.is_file()):
-                    image, truth, info = make_hybrid(background, kind, seed)
-                    sitk.WriteImage(truth, str(truth_path), True)
-                    sitk.WriteImage(image, str(image_path), True)  # the image last: its presence marks a case done
-                    if log is not None:
-                        log("hybrids", f"hybrid {background.case_id} {kind} seed {seed}: {info}")
-                cases.append(SegCase(f"hybrid-{background.case_id}-{kind}-{seed}", image_path, truth_path, "hybrid",
-                                     True, group=real_group(background.patient)))
+    cases, missing = [], []
+    for real in covid_ct_md_sample(Path(shared_data), exclude):
+        # The names of a patient's backgrounds are kept beside its cases, so that a patient whose cases are all
+        # cached is not read and segmented again (seconds per scan, twice per make demo)
+        names_path = cache_dir / f"hybrid_v{HYBRID_VERSION}_{real.patient}_backgrounds.json"
+        names = json.loads(names_path.read_text()) if names_path.is_file() else None
+        backgrounds = None
+        if names is None or not all(path.is_file() for name in names for kind in kinds for seed in seeds
+                                    for path in _case_paths(cache_dir, name, kind, seed)):
+            backgrounds = patient_backgrounds(real)
+            names = [b.case_id for b in backgrounds]
+            with atomic_path(names_path) as tmp:
+                tmp.write_text(json.dumps(names))
+        for i, name in enumerate(names):
+            for kind in kinds:
+                for seed in seeds:
+                    image_path, truth_path = _case_paths(cache_dir, name, kind, seed)
+                    if not (image_path.is_file() and truth_path.is_file()):
+                        missing.append((backgrounds[i], kind, seed, image_path, truth_path))
+                    cases.append(SegCase(f"hybrid-{name}-{kind}-{seed}", image_path, truth_path, "hybrid", True,
+                                         group=real_group(real.patient)))
+
+    def painted(_i, job, info):
+        if log is not None:
+            log("hybrids", f"hybrid {job[0].case_id} {job[1]} seed {job[2]}: {info}")
+
+    map_processes(write_hybrid, missing, done=painted)  # ~5-35 s of one core each
     return cases
+
+
+def _case_paths(cache_dir: Path, background_id: str, kind: str, seed: int) -> tuple[Path, Path]:
+    """(image, truth) cache files of one hybrid case; the name carries ``HYBRID_VERSION``."""
+    stem = cache_dir / f"hybrid_v{HYBRID_VERSION}_{background_id}_{kind}_{seed}"
+    return Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_truth.nii.gz")
+
+
+def write_hybrid(background: Background, kind: str, seed: int, image_path: Path, truth_path: Path) -> dict:
+    """Paint one hybrid case (``make_hybrid``) and write it; returns its info."""
+    image, truth, info = make_hybrid(background, kind, seed)
+    sitk.WriteImage(truth, str(truth_path), True)
+    with atomic_path(image_path) as tmp:  # the image last, whole: its presence marks a case done
+        sitk.WriteImage(image, str(tmp), True)
+    return info
