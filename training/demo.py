@@ -31,8 +31,6 @@ import os
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from training import demo_interactive
 from training.common import REPO_ROOT, write_json
 from training.real_cases import covid_ct_md_sample, parse_patients
@@ -199,16 +197,15 @@ def record_training_mix(model_dir: Path, mix: dict, phantoms: list[Path], real: 
     """Write the mix (``training_data.mix``, ``trained_on``, description) and the input profile of the training
     images (what the plausibility guard compares a scan with) into ``model_dir/metadata.json``."""
     from CovidCTAnalysisLib.models.metadata import METADATA_FILE
-    from CovidCTAnalysisLib.results.plausibility import input_profile, profile_range
-    from CovidCTAnalysisLib.threshold.lungs import segment_lungs
+    from CovidCTAnalysisLib.results.plausibility import profile_range
 
-    from training.input_profile import record_profile
+    from training.input_profile import image_profile, record_profile
+    from training.parallel import map_processes
 
     images = [*phantoms, *real]
-    for path in images:
-        if str(path) not in _PROFILES:
-            image = sitk.ReadImage(str(path))
-            _PROFILES[str(path)] = input_profile(image, segment_lungs(image))
+    missing = [path for path in images if str(path) not in _PROFILES]
+    for path, profile in zip(missing, map_processes(image_profile, [(path,) for path in missing]), strict=True):
+        _PROFILES[str(path)] = profile
     source = (f"{len(phantoms)} training phantoms" +
               (f" and {len(real)} real CTs: " + ", ".join(Path(p).name for p in real) if real else ""))
     record_profile(model_dir, profile_range([_PROFILES[str(p)] for p in images]), source)

@@ -23,17 +23,22 @@ from CovidCTAnalysisLib.results.plausibility import input_profile, profile_range
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
 
 from training.common import write_json
+from training.parallel import map_processes
 from training.phantom_cache import parse_seeds, phantom_set
 
 
+def image_profile(path: Path) -> dict:
+    """The ``input_profile`` of one image file, with its threshold lungs."""
+    image = sitk.ReadImage(str(path))
+    return input_profile(image, segment_lungs(image))
+
+
 def profile_images(paths: list[Path], log=print) -> dict:
-    """The ``input_profile`` range over the images at ``paths`` (plus ``images``: how many)."""
-    profiles = []
-    for i, path in enumerate(paths, 1):
-        image = sitk.ReadImage(str(path))
-        profiles.append(input_profile(image, segment_lungs(image)))
-        log(f"profile {i}/{len(paths)} {Path(path).name}: {profiles[-1]}")
-    return profile_range(profiles)
+    """The ``input_profile`` range over the images at ``paths`` (plus ``images``: how many), one process per core."""
+    def done(i, _job, profile):
+        log(f"profile {i + 1}/{len(paths)} {Path(paths[i]).name}: {profile}")
+
+    return profile_range(map_processes(image_profile, [(path,) for path in paths], done=done))
 
 
 def record_profile(model_dir: Path, profile: dict, source: str) -> None:

@@ -18,6 +18,7 @@ Research use, not for diagnosis.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from training.common import (
     wrap_ddp,
     write_json,
 )
+from training.parallel import map_processes
 from training.phantom_cache import parse_seeds
 from training.segmenter_prepare import prepare_case
 from training.splits import DEFAULT_TRAIN_FRACTION
@@ -258,9 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx.log("data", f"{len(cases)} cases: {len(split.train)} train / {len(split.val)} validation (by patient)")
     by_id = {c.case_id: c for c in cases}
     prepared = {}
-    for i, cid in enumerate(split.train + split.val):
-        prepared[cid] = prepare_case(by_id[cid], prep, n_labels, args.sides, not args.no_radiopaedia_hu)
-        ctx.log("data", f"prepared {i + 1}/{len(cases)}: {cid} {tuple(prepared[cid]['image'].shape[1:])} (z,y,x)")
+
+    def done(_i, job, case_arrays):
+        prepared[job[0].case_id] = case_arrays
+        ctx.log("data", f"prepared {len(prepared)}/{len(cases)}: {job[0].case_id} "
+                        f"{tuple(case_arrays['image'].shape[1:])} (z,y,x)")
+
+    workers = max(1, (os.cpu_count() or 1) // ctx.world_size)  # torchrun: the ranks share the cores
+    map_processes(prepare_case, [(by_id[cid], prep, n_labels, args.sides, not args.no_radiopaedia_hu)
+                                 for cid in split.train + split.val], workers, done)
     from monai.data import CacheDataset, list_data_collate
 
     # Mirroring swaps labels 1/2 (left/right lung); a lesion-only model has no sides to swap.
