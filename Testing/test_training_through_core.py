@@ -168,3 +168,15 @@ def test_segmenter_validation_dice_is_the_core_dice():
     assert scores["1"] == pytest.approx((dice(pred == 1, truth == 1) + dice(other_pred == 1, other_truth == 1)) / 2)
     assert scores["3"] == pytest.approx(dice(pred == 3, truth == 3))  # the case without lesion truth is skipped
     assert scores["2"] is None  # in no case's truth: no Dice, never NaN or 1.0
+
+
+def test_epoch_lines_say_how_long_is_left():
+    import time
+
+    from training.progress import time_left_text
+
+    now = time.monotonic()
+    assert time_left_text(4, 36, now - 100.0) == ", about 15 min left"  # 25 s an epoch, 36 epochs to go
+    assert time_left_text(2, 1, now - 20.0) == ", about 10 s left"
+    assert time_left_text(0, 40, now) == ""  # nothing measured yet
+    assert time_left_text(40, 0, now - 500.0) == ""  # the last epoch

@@ -19,3 +19,12 @@ def format_progress(step: str, elapsed_s: float, message: str) -> str:
 def progress_line(step: str, message: str, started: float, stream: TextIO | None = None) -> None:
     """Print one progress line; ``started`` is the ``time.monotonic()`` the elapsed time counts from."""
     print(format_progress(step, time.monotonic() - started, message), file=stream or sys.stdout, flush=True)
+
+
+def time_left_text(done: int, todo: int, started: float) -> str:
+    """``", about 12 min left"`` after ``done`` of ``done + todo`` equal units (epochs) that began at ``started``
+    (``time.monotonic()``); empty before the first is done or after the last."""
+    if done <= 0 or todo <= 0:
+        return ""
+    left = (time.monotonic() - started) / done * todo
+    return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from training.common import (
 from training.metrics import classification_metrics, confusion_figure
 from training.parallel import map_processes
 from training.phantom_cache import parse_seeds
+from training.progress import time_left_text
 from training.real_cases import parse_patients
 from training.splits import DEFAULT_TRAIN_FRACTION
 
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.log("resume", f"from epoch {state['epoch']} (best {best})")
     tb = TensorBoardLog(ctx)
     loss_fn = torch.nn.CrossEntropyLoss()
+    loop_started = time.monotonic()
     for epoch in range(start_epoch, args.epochs):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -345,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 save_checkpoint(out / CHECKPOINT_BEST, model, opt, epoch, acc, best, {"history": history})
         val_text = "" if m is None else (f" val slice accuracy {m['accuracy'] if m['accuracy'] is None else round(m['accuracy'], 3)}"
                                          f"{' (best)' if is_best else ''}")
-        ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}{val_text}")
+        left = time_left_text(epoch + 1 - start_epoch, args.epochs - epoch - 1, loop_started)
+        ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}{val_text}{left}")
         barrier(ctx)
     tb.close()
     if ctx.is_main:

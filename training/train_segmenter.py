@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from training.common import (
 )
 from training.parallel import map_processes
 from training.phantom_cache import parse_seeds
+from training.progress import time_left_text
 from training.segmenter_prepare import prepare_case
 from training.splits import DEFAULT_TRAIN_FRACTION
 from training.train_classifier import RUN_FILE, make_optimizer
@@ -310,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.log("resume", f"from epoch {state['epoch']} (best {best})")
     tb = TensorBoardLog(ctx)
     step = sum(h.get("iterations", 0) for h in history)
+    loop_started = time.monotonic()
     for epoch in range(start, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -356,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 save_checkpoint(out / CHECKPOINT_BEST, model, opt, epoch, metric, best, {"history": history})
         ctx.log("epoch", f"{epoch + 1}/{args.epochs} loss {train_loss:.3f}"
                 + (f" val Dice {', '.join(f'{labels[k]} ' + ('n/a' if v is None else f'{v:.3f}') for k, v in dice.items())}" if dice else "")
-                + (" (best)" if is_best and dice else ""))
+                + (" (best)" if is_best and dice else "")
+                + time_left_text(epoch + 1 - start, args.epochs - epoch - 1, loop_started))
         barrier(ctx)
     tb.close()
     if ctx.is_main:
