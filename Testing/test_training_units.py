@@ -252,3 +252,19 @@ def test_phantom_set_in_parallel_matches_one_process(tmp_path):
     again = []
     phantom_set(["normal", "covid"], [0, 1], tmp_path / "a", spacing=9, log=lambda _s, m: again.append(m))
     assert again == [f"4/4 phantoms already in {tmp_path / 'a'}"]  # nothing made twice
+
+
+def test_demo_says_up_front_how_long_training_takes(tmp_path):
+    import json
+
+    from training.demo import MEASURED_DURATIONS, expected_duration
+
+    assert expected_duration(tmp_path) == MEASURED_DURATIONS  # nothing run here yet: the measured references
+    full = {"finished": "2026-12-03T19:20:00Z", "total_s": 2950.0, "trained": ["classifier", "segmenter", "interactive"],
+            "quick": False}
+    quick = {**full, "total_s": 400.0, "quick": True}
+    partial = {**full, "total_s": 90.0, "trained": ["interactive"]}
+    older = {k: v for k, v in full.items() if k != "quick"}  # a record from before "quick" was written: unknown
+    lines = [json.dumps(full), json.dumps(quick), json.dumps(partial), json.dumps(older), '{"cut sh']
+    (tmp_path / "timings-history.jsonl").write_text("\n".join(lines) + "\n")
+    assert expected_duration(tmp_path) == "the last full run here took 49 min (2026-12-03T19:20:00Z)"

@@ -102,6 +102,30 @@ class Steps:
         return time.monotonic() - self.t0
 
 
+# How long training all three demo models took where measured (README, "make demo"): the first line says so.
+MEASURED_DURATIONS = ("about 50-65 min on a 2-core CPU without native bfloat16 (AVX2, fp32), 17 min on a 2-core "
+                      "CPU with AVX512-BF16 (phantoms only)")
+
+
+def expected_duration(work: Path) -> str:
+    """How long training will take: the last full (not --quick) run in ``work`` when there is one, else
+    ``MEASURED_DURATIONS``."""
+    runs = []
+    history = work / "timings-history.jsonl"
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            try:
+                run = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run
+            if run.get("quick") is False and set(run.get("trained", ())) == {"classifier", "segmenter", "interactive"}:
+                runs.append(run)
+    if runs:
+        return (f"the last full run here took {runs[-1]['total_s'] / 60:.0f} min "
+                f"({runs[-1].get('finished', 'date unknown')})")
+    return MEASURED_DURATIONS
+
+
 def installed(registry, model_id: str, version: str = DEMO_VERSION):
     for meta in registry.list():
         if meta.id == model_id and meta.version == version:
@@ -320,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
               f"synthetic lesions; weak: slice labels; patients {real_patients(real_data)})", flush=True)
     if not todo and not interactive:
         print("==> demo models already installed (use --retrain to train them again)", flush=True)
+    if todo or interactive:
+        print(f"==> demo: training {', '.join(todo + ['interactive'] * interactive)}: {expected_duration(work)}. "
+              "Each step prints its progress; the epoch lines say how long is left.", flush=True)
     for kind in todo:
         train_seeds = QUICK["train_seeds"] if args.quick else TRAIN_SEEDS[kind]
         train_and_install(kind, steps, work, registry, train_seeds, eval_seeds, [], cache, version,
@@ -347,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--classifier", f"{CLASSIFIER_ID}@{version}", "--segmenter", f"{SEGMENTER_ID}@{version}"])
     steps.finish()
     timings = {"steps_s": steps.timings, "total_s": round(steps.elapsed(), 1),
-               "trained": todo + ["interactive"] * interactive,
+               "trained": todo + ["interactive"] * interactive, "quick": bool(args.quick),
                "threads": torch.get_num_threads()}
     write_json(work / "timings.json", timings)
     with open(work / "timings-history.jsonl", "a") as f:  # every run, so a later quick run keeps the first
