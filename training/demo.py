@@ -31,6 +31,8 @@ import os
 import time
 from pathlib import Path
 
+from CovidCTAnalysisLib.constants import DEMO_TRAINING_MEASURED
+
 from training import demo_interactive
 from training.common import REPO_ROOT, write_json
 from training.real_cases import covid_ct_md_sample, parse_patients
@@ -102,9 +104,7 @@ class Steps:
         return time.monotonic() - self.t0
 
 
-# How long training all three demo models took where measured (README, "make demo"): the first line says so.
-MEASURED_DURATIONS = ("about 50-65 min on a 2-core CPU without native bfloat16 (AVX2, fp32), 17 min on a 2-core "
-                      "CPU with AVX512-BF16 (phantoms only)")
+MEASURED_DURATIONS = DEMO_TRAINING_MEASURED  # the first line says so when no full run is recorded here
 
 
 def expected_duration(work: Path) -> str:

@@ -94,3 +94,10 @@ PLAUSIBLE_HU_RANGE = (-3100.0, 32767.0)
 # 25 bytes per voxel (1.98 GB for 512x512x300, README benchmark), so 160 M voxels keeps it near the 4 GB target.
 MAX_VOXELS = 160_000_000
 PEAK_BYTES_PER_VOXEL = 25
+
+# How long `make demo` / the Slicer panel's "Train the demo models here" took where measured (README, "The two
+# commands": 16 min 42 s and 18 min 0 s with AVX512-BF16, phantoms only; 55, 63 and 62 min on a 2-core AVX2 CPU).
+# training.demo prints it before training when its work folder holds no full run yet; the panel says it too.
+DEMO_TRAINING_MEASURED = ("16-18 minutes on a 2-core CPU with AVX512-BF16 for the classifier and the segmenter on "
+                          "phantoms, plus about 2 minutes for the interactive model, and 55-63 minutes on a 2-core CPU "
+                          "without AVX-512 (all three models, with real CT backgrounds)")

@@ -13,14 +13,12 @@ import os
 import re
 from pathlib import Path
 
+from CovidCTAnalysisLib.constants import DEMO_TRAINING_MEASURED
+
 from CovidCTAnalysisSlicer.process import AnalysisProcess, environmentWithModulePath
 
 STEP_LINE = re.compile(r"==> \[demo (\d+)/(\d+)\]")
-# Measured with `make demo` (README, "The two commands"): 16 min 42 s and 18 min 0 s on a 2-core CPU with
-# AVX512-BF16 (phantoms only); 53 min 14 s on a 2-core AVX2 CPU (fp32; real backgrounds and the interactive model).
-MEASURED = ("16-18 minutes on a 2-core CPU with AVX512-BF16 for the classifier and the segmenter on phantoms, plus "
-            "about 2 minutes for the interactive model, and 53 minutes on a 2-core CPU without AVX-512 (all three "
-            "models, with real CT backgrounds)")
+MEASURED = DEMO_TRAINING_MEASURED  # measured with `make demo` (README, "The two commands")
 
 
 def buildTrainDemoCommand(pythonExecutable: str, modelsDir: str | Path, workDir: str | Path,
