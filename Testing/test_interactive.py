@@ -369,3 +369,33 @@ def test_a_click_runs_its_network_on_one_torch_thread_and_restores_the_count():
         assert torch.get_num_threads() == 2, "the caller's thread count comes back"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("edges", [True, False])
+def test_a_clicks_redrawn_piece_snaps_its_edges_unless_the_model_says_not_to(edges):
+    # Catches: the interactive model's preprocessing.lesion_edges ignored by Refiner.click.
+    labels = np.zeros((30, 48, 64), np.uint8)  # (z, y, x) at (2, 1, 1) mm
+    labels[2:-2, 4:-4, 4:31] = RIGHT_LUNG
+    labels[2:-2, 4:-4, 33:-4] = LEFT_LUNG
+    zz, yy, xx = np.indices(labels.shape, dtype=float)
+    rho = np.sqrt(((zz - 15) * 2.0) ** 2 + (yy - 24) ** 2 + (xx - 46) ** 2)
+    weight = np.clip((12.0 - rho) / 4.0, 0.0, 1.0)  # lung blending into a -450 HU ball, half-way at 10 mm
+    hu = np.where(labels > 0, -850.0 + 400.0 * weight, 40.0).astype(np.float32)
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    lab_img = sitk.GetImageFromArray(labels)
+    lab_img.CopyInformation(img)
+
+    class Core(torch.nn.Module):  # lesion above -500 HU: inside the half-way outline, as a coarse network draws it
+        def forward(self, x):
+            core = (x[:, 0] * 1424.0 - 1024.0 > -500.0).float()
+            return 10 * torch.stack([1 - core, core], dim=1)
+
+    prep = {**PREP, "spacing_mm": [2.0, 2.0, 2.0], "lesion_edges": edges}
+    refiner = Refiner(img, lab_img, loaded(prep, module=Core()))
+    refiner.click(Click("add", img.TransformIndexToPhysicalPoint((46, 24, 15)), "a"))
+    lesion = refiner.labels == LESION
+    half_way = rho < 10.0
+    dice = 2.0 * (lesion & half_way).sum() / (lesion.sum() + half_way.sum())
+    assert lesion.any()
+    assert (dice > 0.9) if edges else (lesion.sum() < 0.8 * half_way.sum())

@@ -13,6 +13,7 @@ from CovidCTAnalysisLib.inference.segment import lung_box_with_margin, probabili
 from CovidCTAnalysisLib.models.folder import LoadedModel
 from CovidCTAnalysisLib.models.metadata import ModelMetadata
 from CovidCTAnalysisLib.models.networks import build_segmenter
+from CovidCTAnalysisLib.models.transforms import segmenter_settings
 from CovidCTAnalysisLib.progress import Progress
 
 LABELS = {"0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"}
@@ -189,3 +190,47 @@ def test_fast_map_back_agrees_with_sitk_resampling(direction, channels):
     assert len(np.unique(slow)) == channels  # every channel wins somewhere: a swapped sign would show
     assert np.array_equal(fast[2:-2, 2:-2, 2:-2], slow[2:-2, 2:-2, 2:-2])
     assert (fast == slow).mean() > 0.95  # they may differ at the outermost half voxel (clamp vs. border)
+
+
+class LesionAboveHalfway(torch.nn.Module):
+    """Lung below -300 HU; lesion where the scaled HU is above -500 HU: inside the true (half-way, -650 HU)
+    outline of a blended ground-glass ball, as a coarse network draws it."""
+
+    def forward(self, x):
+        hu = x * 1424.0 - 1024.0  # hu_range [-1024, 400]
+        lung = (hu < -300.0).float()
+        lesion = lung * (hu > -500.0).float()
+        return 10 * torch.cat([1 - lung, lung - lesion, torch.zeros_like(lung), lesion], dim=1)
+
+
+def _ground_glass_ball():
+    zz, yy, xx = np.indices((24, 48, 64), dtype=float)
+    rho = np.sqrt(((zz - 12) * 2.0) ** 2 + (yy - 24) ** 2 + (xx - 40) ** 2)  # spacing (z, y, x) = (2, 1, 1) mm
+    lung = (np.abs(yy - 24) < 20) & (xx > 8) & (xx < 60)
+    weight = np.clip((14.0 - rho) / 4.0, 0.0, 1.0)  # -850 HU lung blending into a -450 HU ball of radius 12 mm
+    hu = np.where(lung, -850.0 + 400.0 * weight, 40.0).astype(np.int16)
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    return img
+
+
+@pytest.mark.parametrize("edges", [True, False])
+def test_lesion_edges_follow_the_models_setting(edges):
+    # Catches: the switch ignored (edges moved anyway, or never), or no word in the notes of which happened.
+    img = _ground_glass_ball()
+    model = LoadedModel(metadata=meta(roi_size=[32, 32, 32], hu_range=[-1024, 400], spacing_mm=[1.0, 1.0, 2.0],
+                                      lesion_edges=edges), module=LesionAboveHalfway(), path=Path("."))
+    kept = []
+    out = sitk.GetArrayFromImage(segment(img, None, model, "cpu", notes=kept))
+    hu = sitk.GetArrayViewFromImage(img)
+    drawn = int(((hu > -500) & (hu < -300)).sum())  # the model's own outline
+    lesion = int((out == 3).sum())
+    if edges:
+        assert lesion > 1.3 * drawn and any("lesion edges moved" in n for n in kept), kept
+    else:
+        assert lesion == drawn and any("lesion edges left as model seg-test drew them" in n for n in kept), kept
+
+
+def test_lesion_edges_setting_must_be_true_or_false():
+    with pytest.raises(ModelError, match="lesion_edges='no'; expected true or false"):
+        segmenter_settings({"spacing_mm": [1, 1, 1], "roi_size": [8, 8, 8], "lesion_edges": "no"})

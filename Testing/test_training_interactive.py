@@ -80,6 +80,7 @@ def test_train_export_and_robot_evaluation_end_to_end(tmp_path):
     assert [h["step"] for h in run["history"]] == [1, 2, 3] and run["task"] == "interactive"
     meta = export(tmp_path / "run", tmp_path / "model", "test-interactive", "0.0.1", demo=True)
     assert meta.task == "interactive" and meta.raw["click_simulation"]["max_inner"] == 1
+    assert meta.preprocessing["lesion_edges"] is True  # the default, recorded for refine to follow
     assert evaluate(["--model-dir", str(tmp_path / "model"), "--phantom-seeds", "100", "--max-clicks", "2",
                      "--cache-dir", str(tmp_path / "cache")]) == 0
     robot = check_model_folder(tmp_path / "model").eval_metrics["robot_user"]

@@ -178,9 +178,10 @@ def test_covid_ct_seg_zenodo_layout(phantoms, classifier_id, registry_root, covi
     radio = next(c for c in cases if c.case_id.startswith("radiopaedia"))
     hu = sitk.GetArrayFromImage(read_image_hu(radio))
     assert hu.min() < -1000 and radio.notes  # mapped back to HU
-    meta = _seg_roundtrip(["--dataset", "covid-ct-seg", "--data-root", str(root), "--optimizer", "adam"],
-                          "t-seg-zenodo", classifier_id, registry_root, covid_image, tmp_path)
+    meta = _seg_roundtrip(["--dataset", "covid-ct-seg", "--data-root", str(root), "--optimizer", "adam",
+                           "--no-lesion-edges"], "t-seg-zenodo", classifier_id, registry_root, covid_image, tmp_path)
     assert meta["labels"] == {"0": "background", "1": "Left lung", "2": "Right lung", "3": "Lesion"}
+    assert meta["preprocessing"]["lesion_edges"] is False  # a model trained on real outlines keeps its own edges
     assert meta["training"]["lr"] == 1e-4  # the paper's rate for 4 labels
 
 

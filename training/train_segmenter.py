@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hu-range", default="-1024,400")
     q.add_argument("--sw-overlap", type=float, default=0.25)
     q.add_argument("--margin-mm", type=float, default=10.0)
+    q.add_argument("--lesion-edges", action=argparse.BooleanOptionalAction, default=True,
+                   help="after inference, move lesion outlines onto the image's half-way HU (inference.lesion_edges; default). --no-lesion-edges for a model trained on radiologists' outlines, whose own edges should stand")
     n = p.add_argument_group("network")
     n.add_argument("--channels", default=",".join(map(str, DEFAULT_SEGMENTER_CHANNELS)))
     n.add_argument("--strides", default=",".join(map(str, DEFAULT_SEGMENTER_STRIDES)))
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--hu-range {args.hu_range!r}: expected lo,hi in HU, e.g. -1024,400") from e
     prep = segmenter_settings({"spacing_mm": _triple(args.spacing, "--spacing"),
                                "roi_size": [int(v) for v in _triple(args.roi, "--roi")], "hu_range": [lo, hi],
-                               "sw_overlap": args.sw_overlap, "sw_batch_size": 1, "margin_mm": args.margin_mm})
+                               "sw_overlap": args.sw_overlap, "sw_batch_size": 1, "margin_mm": args.margin_mm,
+                               "lesion_edges": args.lesion_edges})
     lr = args.lr if args.lr is not None else PAPER_LR.get(n_labels, 1e-4)
     split = smix.split_real_in_training(cases, args.train_fraction, args.seed)  # real patients train (segmenter_mix)
     ctx.log("data", f"{len(cases)} cases: {len(split.train)} train / {len(split.val)} validation (by patient)")

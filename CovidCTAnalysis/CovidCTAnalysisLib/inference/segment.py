@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from CovidCTAnalysisLib.constants import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
+from CovidCTAnalysisLib.constants import BACKGROUND, LEFT_LUNG, LESION, RIGHT_LUNG
 from CovidCTAnalysisLib.errors import InputError, ModelError
 from CovidCTAnalysisLib.geometry import IDENTITY_DIRECTION, direction_matrix, is_axis_aligned, patient_axes
 from CovidCTAnalysisLib.inference.postprocess import postprocess_with_notes
@@ -189,7 +189,10 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     cage = None if rib_cage is None else sitk.GetArrayFromImage(rib_cage)[z0:z1, y0:y1, x0:x1] > 0
     hu = sitk.GetArrayViewFromImage(image)[z0:z1, y0:y1, x0:x1]
     cleaned, changes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
-                                            rib_cage=cage, hu=hu)
+                                            rib_cage=cage, hu=hu if p["lesion_edges"] else None)
+    if not p["lesion_edges"] and (sitk.GetArrayViewFromImage(cleaned) == LESION).any():
+        changes.append(f"lesion edges left as model {meta.id} drew them (its metadata: preprocessing.lesion_edges "
+                       "is false)")
     for note in changes:
         progress.log(f"segmentation post-processing: {note}")
     if notes is not None:

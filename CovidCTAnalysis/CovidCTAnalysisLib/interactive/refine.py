@@ -13,7 +13,8 @@ For each click, in order:
 6. the edges of the lesion pieces that the click changed snap onto the half-way HU, within the box
    (``inference.lesion_edges``, as ``covidct analyze`` does after the segmenter): the model draws on
    2.5 mm voxels, and without it a click's redrawn piece undid the finer edges of the automatic outline
-   (robot user from the demo segmenter's start: Dice after 3 clicks fell from 0.915 to 0.898 on one case).
+   (robot user from the demo segmenter's start: Dice after 3 clicks fell from 0.915 to 0.898 on one case);
+   skipped when the interactive model's metadata says ``preprocessing.lesion_edges: false``.
 
 ``Refiner`` keeps the image, the labels and the model between clicks (the CLI, the robot
 evaluation and the latency benchmark use it); ``refine`` runs a list of clicks.
@@ -133,7 +134,7 @@ class Refiner:
         before = sub == LESION
         merge_lesion(self.labels, lesion, box, only=only, at_zyx=at, reach_voxels=reach)
         touched = before != (sub == LESION)
-        if touched.any():
+        if touched.any() and self.p["lesion_edges"]:
             hu = sitk.GetArrayViewFromImage(self.image)[z0:z1, y0:y1, x0:x1]
             # the pieces that gained voxels, and those next to voxels a remove click took away
             snap_lesion_edges(sub, hu, self.image.GetSpacing()[::-1], only_near=ndimage.binary_dilation(touched))

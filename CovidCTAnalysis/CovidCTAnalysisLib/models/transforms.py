@@ -18,7 +18,10 @@ Classifier keys (defaults in ``CLASSIFIER_DEFAULTS``):
 Segmenter keys (``SEGMENTER_DEFAULTS``):
     ``spacing_mm`` [x, y, z], ``hu_range`` [lo, hi], ``roi_size`` [x, y, z] (voxels at
     ``spacing_mm``), ``sw_overlap``, ``sw_batch_size``, ``margin_mm`` (around the lung box),
-    ``antialias`` (Gaussian smoothing before downsampling).
+    ``antialias`` (Gaussian smoothing before downsampling), ``lesion_edges`` (move the predicted lesion
+    outlines onto the image's half-way HU, ``inference.lesion_edges``; true by default, which suits models
+    trained on phantoms and synthetic lesions, whose truth follows that rule; a model trained on radiologists'
+    outlines can record false and keep its own edges).
 
 Segmenter arrays are resampled onto an axis-aligned LPS grid (identity direction),
 so the network always sees the patient the same way round whatever the scanner's
@@ -62,6 +65,7 @@ SEGMENTER_DEFAULTS: dict[str, Any] = {
     "sw_batch_size": 1,
     "margin_mm": 10.0,
     "antialias": False,
+    "lesion_edges": True,
 }
 SEGMENTER_REQUIRED = ("spacing_mm", "roi_size")
 
@@ -104,6 +108,8 @@ def segmenter_settings(preprocessing: dict[str, Any]) -> dict[str, Any]:
         raise ModelError(f"preprocessing.hu_range={p['hu_range']!r}; expected [lo, hi] with hi > lo")
     if not 0.0 <= float(p["sw_overlap"]) < 1.0:
         raise ModelError(f"preprocessing.sw_overlap={p['sw_overlap']!r}; expected 0 <= overlap < 1")
+    if not isinstance(p["lesion_edges"], bool):
+        raise ModelError(f"preprocessing.lesion_edges={p['lesion_edges']!r}; expected true or false")
     return p
 
 
