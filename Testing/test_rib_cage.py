@@ -1,4 +1,4 @@
-"""The rib cage that bounds the segmenter's lesions (threshold.rib_cage, post-processing step 4)."""
+"""The rib cage and diaphragm that bound the segmenter's lesions (threshold.rib_cage, post-processing step 4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from CovidCTAnalysisLib.inference.segment import segment
 from CovidCTAnalysisLib.models.folder import LoadedModel
 from CovidCTAnalysisLib.phantom.generator import make_phantom
 from CovidCTAnalysisLib.threshold.lungs import segment_lungs
-from CovidCTAnalysisLib.threshold.rib_cage import inside_rib_cage
+from CovidCTAnalysisLib.threshold.rib_cage import lesion_bounds
 from test_postprocess import as_image, labelled
 from test_segment import DIRECTIONS, Notes, ct, meta
 
@@ -24,7 +24,9 @@ NORMAL001 = SHARED / "covid-ct-md" / "nifti" / "normal001_256.nii.gz"
 @pytest.mark.parametrize("kind, seed, direction", [("covid", 100, None), ("pneumonia", 101, "random")])
 def test_the_cage_holds_the_lungs_and_lesions_and_leaves_out_the_chest_wall_and_abdomen(kind, seed, direction):
     ph = make_phantom(kind, seed, spacing=(2.5, 2.5, 3.0), direction=direction)
-    cage = sitk.GetArrayFromImage(inside_rib_cage(ph.image, segment_lungs(ph.image))) > 0
+    bounds = lesion_bounds(ph.image, segment_lungs(ph.image))
+    cage = sitk.GetArrayFromImage(bounds.rib_cage) > 0
+    below = sitk.GetArrayFromImage(bounds.below_diaphragm) > 0
     truth = sitk.GetArrayFromImage(ph.truth)
     hu = sitk.GetArrayFromImage(ph.image)
     assert cage.shape == truth.shape
@@ -43,6 +45,10 @@ def test_the_cage_holds_the_lungs_and_lesions_and_leaves_out_the_chest_wall_and_
     assert 0.2 < (cage & body).sum() / body.sum() < 0.6
     sl[axial] = slice(0, max(idx.min() - 3, 0))  # well below the lung bases: abdomen, never in the cage
     assert not cage[tuple(sl)].any()
+    # Below the diaphragm: hardly any lung or lesion (basal consolidation may reach under its estimate).
+    lesion = truth == 3
+    assert (below & lesion).sum() <= (0.0 if kind == "covid" else 0.05) * lesion.sum()
+    assert (below & (truth > 0)).sum() <= 0.01 * (truth > 0).sum()
 
 
 def test_lesion_outside_the_cage_is_removed_and_the_rest_kept():
@@ -93,9 +99,34 @@ def test_segment_applies_the_cage_on_the_input_grid():
 def test_on_a_real_ct_the_cage_holds_the_lungs_and_not_the_abdomen():
     image = sitk.ReadImage(str(NORMAL001))  # covers the upper abdomen, where the demo segmenter painted "lesion"
     lungs = sitk.GetArrayFromImage(segment_lungs(image)) > 0
-    cage = sitk.GetArrayFromImage(inside_rib_cage(image, segment_lungs(image))) > 0
+    bounds = lesion_bounds(image, segment_lungs(image))
+    cage = sitk.GetArrayFromImage(bounds.rib_cage) > 0
+    below = sitk.GetArrayFromImage(bounds.below_diaphragm) > 0
     body = sitk.GetArrayFromImage(image) > -500
     on_lung = lungs.any(axis=(1, 2))  # NIfTI z = S-I here (identity direction)
     assert (cage & lungs).sum() >= 0.99 * lungs.sum()
     assert 0.1 < (cage & body)[on_lung].sum() / body[on_lung].sum() < 0.5  # measured 0.25
     assert not cage[~on_lung].any() and (~on_lung).sum() > 10  # the abdominal slices below the lungs
+    assert (below & lungs).sum() <= 0.01 * lungs.sum()
+    first_lung = int(np.nonzero(on_lung)[0].min())
+    assert below[:first_lung][body[:first_lung]].mean() > 0.9  # the abdomen under the lowest lung slice
+
+
+def test_lesion_pieces_mostly_below_the_diaphragm_go_and_straddling_ones_stay():
+    # Catches: the voxel rule instead of the piece rule (a basal lesion cut), the share compared the wrong way,
+    # pieces below never removed, or no note.
+    arr = labelled(2, 1)  # lungs at array x 5:25 and 35:57, y 8:32, z 3:17
+    below = np.zeros(arr.shape, bool)
+    below[:6] = True  # the diaphragm at z = 6
+    arr[3:5, 12:20, 40:50] = 3  # a dome "lesion": wholly below
+    arr[4:12, 12:20, 10:20] = 3  # a basal lesion: 2 of its 8 slices below
+    out, notes = postprocess_with_notes(as_image(arr), lesion_margin_mm=4.0, below_diaphragm=below)
+    out = sitk.GetArrayFromImage(out)
+    assert not (out[3:5, 12:20, 40:50] == 3).any()
+    assert (out[4:12, 12:20, 10:20] == 3).all()  # kept whole, its part below included
+    assert np.array_equal(np.isin(out, (1, 2)), np.isin(arr, (1, 2)))  # lungs untouched
+    removed = 2 * 8 * 10 * 1.5 * 1.5 * 2.5 / 1000
+    assert any(f"removed {removed:.1f} mL of lesion in 1 piece(s) lying mostly below the diaphragm" in n
+               for n in notes), notes
+    with pytest.raises(ValueError, match="below-diaphragm mask of shape"):
+        postprocess_with_notes(as_image(arr), below_diaphragm=below[1:])

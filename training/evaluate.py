@@ -112,11 +112,11 @@ def evaluate_classifier(model, cases: list[cdata.ClassifierCase], device, t0: fl
 
 
 def evaluate_segmenter(model, cases: list[sdata.SegCase], device, t0: float, sides: str = "warn") -> dict:
-    """Per-class Dice (mean ± std) and HD95 through ``segment.segment`` on the input grid, with the rib cage
-    and threshold lungs the analysis uses (so the numbers are those of ``covidct analyze``)."""
+    """Per-class Dice (mean ± std) and HD95 through ``segment.segment`` on the input grid, with the rib cage,
+    diaphragm and threshold lungs the analysis uses (so the numbers are those of ``covidct analyze``)."""
     from CovidCTAnalysisLib.inference.segment import segment
     from CovidCTAnalysisLib.threshold.lungs import lung_extent, segment_lungs
-    from CovidCTAnalysisLib.threshold.rib_cage import inside_rib_cage
+    from CovidCTAnalysisLib.threshold.rib_cage import lesion_bounds
 
     meta = model.metadata
     chan = segmentation_channel_labels(meta)  # model channel -> our label value
@@ -130,8 +130,9 @@ def evaluate_segmenter(model, cases: list[sdata.SegCase], device, t0: float, sid
         image = sdata.read_image_hu(case)
         truth = lut[sitk.GetArrayFromImage(sdata.read_label(case, n_labels, sides))]
         lungs = segment_lungs(image)
-        pred = sitk.GetArrayFromImage(segment(image, lung_extent(lungs), model, device,
-                                              rib_cage=inside_rib_cage(image, lungs)))
+        bounds = lesion_bounds(image, lungs)
+        pred = sitk.GetArrayFromImage(segment(image, lung_extent(lungs), model, device, rib_cage=bounds.rib_cage,
+                                              below_diaphragm=bounds.below_diaphragm))
         sx, sy, sz = image.GetSpacing()
         res = dice_hd95(pred, truth, sorted(names), (sz, sy, sx))
         per_case.append(res)

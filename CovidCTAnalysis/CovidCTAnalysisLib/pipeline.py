@@ -229,18 +229,19 @@ def _analyze(input_path: str | Path, output_dir: str | Path, *, method: str = "m
                       else f"--segment auto and the class is {classification.label}")
         if run_seg:
             from CovidCTAnalysisLib.inference.segment import segment as run_segmenter
-            from CovidCTAnalysisLib.threshold.rib_cage import inside_rib_cage
+            from CovidCTAnalysisLib.threshold.rib_cage import lesion_bounds
 
             with stage("segmenter_load"):
                 seg_model = _load_model(registry, seg_meta, dev, model_cache)
             model_metas.append(seg_meta)
             progress.step("segment", 0.42, "Segmenting lungs and lesions (3D U-Net)")
-            with stage("rib_cage"):  # the segmenter's lesion is kept inside it (threshold.rib_cage)
-                cage = inside_rib_cage(volume.image, lungs)
+            with stage("rib_cage"):  # the segmenter's lesion is kept in the cage, above the diaphragm
+                bounds = lesion_bounds(volume.image, lungs)
             with stage("segment"):
                 labelmap = run_segmenter(volume, extent, seg_model, dev, _SubProgress(progress, 0.42, 0.8),
-                                         rib_cage=cage, notes=seg_notes)
-            del cage
+                                         rib_cage=bounds.rib_cage, notes=seg_notes,
+                                         below_diaphragm=bounds.below_diaphragm)
+            del bounds
             del seg_model
             with stage("lung_crosscheck"):
                 crosscheck = {"ran": True, **compare_lungs(labelmap, lungs)}

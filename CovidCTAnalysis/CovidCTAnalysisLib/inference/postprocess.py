@@ -12,9 +12,12 @@ In this order:
 3. **Largest lung components.** Per lung label, pieces smaller than ``min_fraction`` of
    that label's largest piece that touch the other lung take the other lung's label
    (mislabelled islands); others stay (lung cut off by a lesion is still lung).
-4. **Lesions in the rib cage** (when a ``rib_cage`` mask is given: ``threshold.rib_cage``). Lesion
-   voxels outside it become background: on real CTs the demo segmenter painted liver, spleen,
-   kidney and chest-wall muscle as lesion, none of which lies inside the ribs on a lung slice.
+4. **Lesions in the rib cage, above the diaphragm** (when a ``rib_cage`` / ``below_diaphragm`` mask
+   is given: ``threshold.rib_cage``). Lesion voxels outside the cage become background: on real CTs
+   the demo segmenter painted liver, spleen, kidney and chest-wall muscle as lesion, none of which
+   lies inside the ribs on a lung slice. Then lesion pieces with more than half their voxels below
+   the diaphragm (the domes of the liver and spleen, inside the cage on the lowest lung slices) are
+   removed whole; a basal consolidation that straddles the diaphragm stays whole.
 5. **Lesions in the lungs.** Lesion pieces (connected components) that come nowhere
    nearer than ``lesion_margin_mm`` to the lungs are removed: a lesion lies in or against
    aerated lung, while a dense piece apart from it is chest wall, heart or bowel. A piece
@@ -44,6 +47,7 @@ from CovidCTAnalysisLib.masks import pieces, sides_reversed, swap_left_right
 
 MIN_FRACTION = 0.1
 LESION_MARGIN_MM = 10.0
+MAX_BELOW_DIAPHRAGM = 0.5  # a lesion piece with a larger share of its voxels below the diaphragm is removed
 
 
 def _box_image(sub: np.ndarray, image: sitk.Image, offset: tuple[int, int, int]) -> sitk.Image:
@@ -53,6 +57,15 @@ def _box_image(sub: np.ndarray, image: sitk.Image, offset: tuple[int, int, int])
     out.SetDirection(image.GetDirection())
     out.SetOrigin(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in offset[::-1])))
     return out
+
+
+def _pieces_mostly_in(mask: np.ndarray, region: np.ndarray, share: float) -> tuple[np.ndarray, int]:
+    """The pieces of ``mask`` with more than ``share`` of their voxels in ``region``, and how many they are."""
+    p = pieces(mask)
+    inside = np.bincount(p.labels[region].ravel(), minlength=p.n + 1)
+    chosen = inside > share * p.sizes
+    chosen[0] = False
+    return p.select(chosen), int(chosen.sum())
 
 
 def _drop_small_pieces(sub: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
@@ -134,17 +147,19 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
                            lesion_margin_mm: float = LESION_MARGIN_MM,
                            restrict_lesions: bool = True,
                            rib_cage: np.ndarray | None = None,
-                           hu: np.ndarray | None = None) -> tuple[sitk.Image, list[str]]:
+                           hu: np.ndarray | None = None,
+                           below_diaphragm: np.ndarray | None = None) -> tuple[sitk.Image, list[str]]:
     """``postprocess_labelmap`` that also returns what it changed, one sentence per change.
 
-    ``rib_cage``: bool (z, y, x) on the same grid, or None to skip step 4; ``hu``: the image (z, y, x) on the
-    same grid, or None to skip step 6."""
+    ``rib_cage`` / ``below_diaphragm``: bool (z, y, x) on the same grid, or None to skip that half of step 4;
+    ``hu``: the image (z, y, x) on the same grid, or None to skip step 6."""
     arr = sitk.GetArrayFromImage(labels).astype(np.uint8, copy=False)
     if arr.size and arr.max() > LESION:
         values = np.nonzero(np.bincount(arr.ravel()))[0]
         raise ValueError(f"labelmap holds values {values.tolist()}; expected only 0, 1, 2, 3")
-    if rib_cage is not None and rib_cage.shape != arr.shape:
-        raise ValueError(f"rib cage mask of shape {rib_cage.shape}; expected the labelmap's {arr.shape}")
+    for name, mask in (("rib cage", rib_cage), ("below-diaphragm", below_diaphragm)):
+        if mask is not None and mask.shape != arr.shape:
+            raise ValueError(f"{name} mask of shape {mask.shape}; expected the labelmap's {arr.shape}")
     if hu is not None and hu.shape != arr.shape:
         raise ValueError(f"HU array of shape {hu.shape}; expected the labelmap's {arr.shape}")
     notes: list[str] = []
@@ -181,6 +196,13 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
             notes.append(f"removed {outside.sum() * voxel_ml:.1f} mL of lesion outside the rib cage (liver, "
                          "spleen, bowel or chest wall: no lung there)")
 
+    if below_diaphragm is not None and (sub == LESION).any():
+        below, n_below = _pieces_mostly_in(sub == LESION, below_diaphragm[box], MAX_BELOW_DIAPHRAGM)
+        if n_below:
+            sub[below] = 0
+            notes.append(f"removed {below.sum() * voxel_ml:.1f} mL of lesion in {n_below} piece(s) lying mostly "
+                         "below the diaphragm (liver or spleen dome: no lung there)")
+
     lungs = (sub == LEFT_LUNG) | (sub == RIGHT_LUNG)
     if restrict_lesions and (sub == LESION).any():
         lesion = sub == LESION
@@ -201,7 +223,9 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
                          f"{lesion_margin_mm:g} mm from the lungs")
 
     if hu is not None and (sub == LESION).any():
-        cage = None if rib_cage is None else rib_cage[box]  # no lesion grows out of the rib cage again
+        cage = None if rib_cage is None else rib_cage[box]  # no lesion grows out of the rib cage again,
+        if below_diaphragm is not None:  # nor under the diaphragm
+            cage = ~below_diaphragm[box] if cage is None else cage & ~below_diaphragm[box]
         added, removed = snap_lesion_edges(sub, hu[box], spacing_zyx, allowed=cage)
         if added or removed:
             notes.append(f"lesion edges moved onto the half-way HU between lesion and lung (within {BAND_MM:g} mm): "
@@ -211,11 +235,13 @@ def postprocess_with_notes(labels: sitk.Image, min_fraction: float = MIN_FRACTIO
 
 def postprocess_labelmap(labels: sitk.Image, min_fraction: float = MIN_FRACTION,
                          lesion_margin_mm: float = LESION_MARGIN_MM, restrict_lesions: bool = True,
-                         rib_cage: np.ndarray | None = None, hu: np.ndarray | None = None) -> sitk.Image:
+                         rib_cage: np.ndarray | None = None, hu: np.ndarray | None = None,
+                         below_diaphragm: np.ndarray | None = None) -> sitk.Image:
     """Clean a uint8 1/2/3 labelmap (module doc): stray pieces, left/right by patient coordinates,
     mislabelled islands, lesion outside the rib cage, lesion pieces apart from the lungs, lesion edges on the
     image's half-way HU. Same grid as the input."""
-    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions, rib_cage, hu)[0]
+    return postprocess_with_notes(labels, min_fraction, lesion_margin_mm, restrict_lesions, rib_cage, hu,
+                                  below_diaphragm)[0]
 
 
 def _wrap(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:

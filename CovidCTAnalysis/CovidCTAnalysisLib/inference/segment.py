@@ -153,12 +153,12 @@ def _resampled_argmax(probs: np.ndarray, grid: sitk.Image, target: sitk.Image,
 
 def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device: torch.device | str,
             progress: Progress | None = None, rib_cage: sitk.Image | None = None,
-            notes: list[str] | None = None) -> sitk.Image:
+            notes: list[str] | None = None, below_diaphragm: sitk.Image | None = None) -> sitk.Image:
     """uint8 labelmap (1 left lung, 2 right lung, 3 lesion) on ``volume``'s grid, post-processed.
 
     ``lung_box``: ``LungExtent`` / (x0, y0, z0, x1, y1, z1) / None (see ``lung_box_with_margin``).
-    ``rib_cage``: 0/1 on ``volume``'s grid (``threshold.rib_cage.inside_rib_cage``); lesion outside it is
-    removed. Notes from post-processing (e.g. a left/right swap) go to ``progress.log`` and, when ``notes`` is a
+    ``rib_cage`` / ``below_diaphragm``: 0/1 on ``volume``'s grid (``threshold.rib_cage.lesion_bounds``); lesion
+    outside the cage is removed, and so are lesion pieces lying mostly below the diaphragm. Notes from post-processing (e.g. a left/right swap) go to ``progress.log`` and, when ``notes`` is a
     list, are appended to it (``report.json``'s ``segmentation.postprocessing``).
     """
     progress = progress or Progress()
@@ -186,10 +186,12 @@ def segment(volume: CTVolume | sitk.Image, lung_box, model: LoadedModel, device:
     progress.step("segment", 0.85, "Post-processing (components, left/right, lesions in the rib cage and lungs, "
                                    "lesion edges)")
     has_lungs = LEFT_LUNG in channel_labels.values() or RIGHT_LUNG in channel_labels.values()
-    cage = None if rib_cage is None else sitk.GetArrayFromImage(rib_cage)[z0:z1, y0:y1, x0:x1] > 0
+    cage, below = (None if m is None else sitk.GetArrayFromImage(m)[z0:z1, y0:y1, x0:x1] > 0
+                   for m in (rib_cage, below_diaphragm))
     hu = sitk.GetArrayViewFromImage(image)[z0:z1, y0:y1, x0:x1]
     cleaned, changes = postprocess_with_notes(labelmap_like(labels, crop_ref), restrict_lesions=has_lungs,
-                                            rib_cage=cage, hu=hu if p["lesion_edges"] else None)
+                                            rib_cage=cage, hu=hu if p["lesion_edges"] else None,
+                                            below_diaphragm=below)
     if not p["lesion_edges"] and (sitk.GetArrayViewFromImage(cleaned) == LESION).any():
         changes.append(f"lesion edges left as model {meta.id} drew them (its metadata: preprocessing.lesion_edges "
                        "is false)")
