@@ -96,8 +96,9 @@ MAX_VOXELS = 160_000_000
 PEAK_BYTES_PER_VOXEL = 25
 
 # How long `make demo` / the Slicer panel's "Train the demo models here" took where measured (README, "The two
-# commands": 16 min 42 s and 18 min 0 s with AVX512-BF16, phantoms only; 55, 63 and 62 min on a 2-core AVX2 CPU).
+# commands": 16 min 42 s and 18 min 0 s with AVX512-BF16, phantoms only; 21 min 10 s for training.demo (22 min 42 s
+# with the .venv) with AMX/AVX512-BF16 and the real CTs; 55, 63 and 62 min on a 2-core AVX2 CPU).
 # training.demo prints it before training when its work folder holds no full run yet; the panel says it too.
-DEMO_TRAINING_MEASURED = ("16-18 minutes on a 2-core CPU with AVX512-BF16 for the classifier and the segmenter on "
-                          "phantoms, plus about 2 minutes for the interactive model, and 55-63 minutes on a 2-core CPU "
-                          "without AVX-512 (all three models, with real CT backgrounds)")
+DEMO_TRAINING_MEASURED = ("about 21 minutes on a 2-core CPU with AVX512-BF16 (all three models, with real CT "
+                          "backgrounds; 16-18 minutes for the classifier and the segmenter on phantoms alone), and "
+                          "55-63 minutes on a 2-core CPU without AVX-512")
